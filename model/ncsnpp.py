@@ -1,0 +1,313 @@
+"""NCSN++ generator with AdaGN latent conditioning (DDGAN, Xiao et al. 2022), in plain PyTorch.
+
+The generator maps (x_{t+1}, t, z) to x̂_0. Module construction order and attribute names fix the state_dict
+keys, which equal the official released checkpoints' keys (ddgan-spec §2.4-2.5), so `netG_*.pth` files load
+with `strict=True`. FIR resampling is expressed as depthwise convolutions (spec §2.3) and attention uses the
+fused `scaled_dot_product_attention`; both are exact re-expressions of the reference maths and export to ONNX.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import GeneratorConfig
+
+_GN_EPS = 1e-6
+
+
+def _num_groups(channels: int) -> int:
+    return min(channels // 4, 32)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Initialisation (DDPM / score_sde "fan_avg uniform" variance scaling; scale 0 means ~1e-10 for zero-init).
+
+
+def _variance_scaling_(weight: Tensor, scale: float = 1.0) -> None:
+    scale = 1e-10 if scale == 0 else scale
+    receptive = weight[0][0].numel() if weight.dim() > 2 else 1
+    fan_in, fan_out = weight.shape[1] * receptive, weight.shape[0] * receptive
+    bound = math.sqrt(3.0 * scale / ((fan_in + fan_out) / 2))
+    with torch.no_grad():
+        weight.uniform_(-bound, bound)
+
+
+def conv2d(in_ch: int, out_ch: int, kernel: int, init_scale: float = 1.0, bias: bool = True) -> nn.Conv2d:
+    conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias)
+    _variance_scaling_(conv.weight, init_scale)
+    if bias:
+        nn.init.zeros_(conv.bias)
+    return conv
+
+
+def dense(in_features: int, out_features: int, init_scale: float = 1.0) -> nn.Linear:
+    linear = nn.Linear(in_features, out_features)
+    _variance_scaling_(linear.weight, init_scale)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FIR resampling (StyleGAN2 kernel) as depthwise convolutions.
+
+
+def fir_kernel_2d(taps: tuple[int, ...], channels: int) -> Tensor:
+    """Depthwise FIR kernel K = outer(k, k) / sum, repeated per channel: shape (C, 1, k, k)."""
+    k = torch.tensor(taps, dtype=torch.float32)
+    kernel = torch.outer(k, k)
+    kernel = kernel / kernel.sum()
+    return kernel.expand(channels, 1, *kernel.shape).contiguous()
+
+
+def fir_downsample(x: Tensor, kernel: Tensor) -> Tensor:
+    """Blur then halve: conv2d(pad(x, 1), K, stride 2), one filter per channel."""
+    return F.conv2d(F.pad(x, (1, 1, 1, 1)), kernel, stride=2, groups=x.shape[1])
+
+
+def fir_upsample(x: Tensor, kernel: Tensor) -> Tensor:
+    """Double then blur: conv_transpose2d(x, 4K, stride 2, padding 1), one filter per channel."""
+    return F.conv_transpose2d(x, kernel * 4.0, stride=2, padding=1, groups=x.shape[1])
+
+
+class PyramidDownsample(nn.Module):
+    """Input-pyramid downsample: FIR blur then a strided 3x3 conv (`conv_downsample_2d(x, w) + b`)."""
+
+    def __init__(self, in_ch: int, out_ch: int, fir_taps: tuple[int, ...]) -> None:
+        super().__init__()
+        self.Conv2d_0 = _PlainConv(in_ch, out_ch)
+        self.register_buffer("fir", fir_kernel_2d(fir_taps, in_ch), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.conv2d(F.pad(x, (2, 2, 2, 2)), self.fir, groups=x.shape[1])
+        return F.conv2d(x, self.Conv2d_0.weight, self.Conv2d_0.bias, stride=2)
+
+
+class _PlainConv(nn.Module):
+    """Holds `weight` (out, in, 3, 3) and `bias` (out) under the official parameter names."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_ch, in_ch, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(out_ch))
+        _variance_scaling_(self.weight)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Embeddings and normalisation.
+
+
+def timestep_embedding(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of the integer step index: [sin(t f_k), cos(t f_k)], f_k = 10000^(-k/(half-1))."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(10000) / (half - 1)))
+    angles = t.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+class PixelNorm(nn.Module):
+    def forward(self, z: Tensor) -> Tensor:
+        return z * torch.rsqrt(torch.mean(z * z, dim=1, keepdim=True) + 1e-8)
+
+
+class AdaptiveGroupNorm(nn.Module):
+    """AdaGN: gamma(z) * GroupNorm(x) + beta(z), the style from the mapped latent (gamma first)."""
+
+    def __init__(self, channels: int, style_dim: int) -> None:
+        super().__init__()
+        self.num_groups = _num_groups(channels)
+        self.style = dense(style_dim, 2 * channels)
+        with torch.no_grad():
+            self.style.bias[:channels] = 1.0
+            self.style.bias[channels:] = 0.0
+
+    def forward(self, x: Tensor, z_emb: Tensor) -> Tensor:
+        gamma, beta = self.style(z_emb)[:, :, None, None].chunk(2, dim=1)
+        return torch.addcmul(beta, gamma, F.group_norm(x, self.num_groups, eps=_GN_EPS))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Blocks.
+
+
+class ResnetBlockBigGAN(nn.Module):
+    """BigGAN-style residual block with AdaGN, optional FIR up/down, residual sum scaled by 1/√2."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        temb_dim: int,
+        z_emb_dim: int,
+        fir_taps: tuple[int, ...],
+        up: bool = False,
+        down: bool = False,
+        dropout: float = 0.0,
+        skip_rescale: bool = True,
+    ) -> None:
+        super().__init__()
+        self.up, self.down, self.skip_rescale = up, down, skip_rescale
+        self.GroupNorm_0 = AdaptiveGroupNorm(in_ch, z_emb_dim)
+        self.Conv_0 = conv2d(in_ch, out_ch, 3)
+        self.Dense_0 = dense(temb_dim, out_ch)
+        self.GroupNorm_1 = AdaptiveGroupNorm(out_ch, z_emb_dim)
+        self.Dropout_0 = nn.Dropout(dropout)
+        self.Conv_1 = conv2d(out_ch, out_ch, 3, init_scale=0.0)
+        if in_ch != out_ch or up or down:
+            self.Conv_2 = conv2d(in_ch, out_ch, 1)
+        if up or down:
+            self.register_buffer("fir", fir_kernel_2d(fir_taps, in_ch), persistent=False)
+
+    def forward(self, x: Tensor, temb_act: Tensor, z_emb: Tensor) -> Tensor:
+        h = F.silu(self.GroupNorm_0(x, z_emb))
+        if self.up:
+            h, x = fir_upsample(h, self.fir), fir_upsample(x, self.fir)
+        elif self.down:
+            h, x = fir_downsample(h, self.fir), fir_downsample(x, self.fir)
+        h = self.Conv_0(h) + self.Dense_0(temb_act)[:, :, None, None]
+        h = self.Conv_1(self.Dropout_0(F.silu(self.GroupNorm_1(h, z_emb))))
+        if hasattr(self, "Conv_2"):
+            x = self.Conv_2(x)
+        return (x + h) * (1.0 / math.sqrt(2.0)) if self.skip_rescale else x + h
+
+
+class NIN(nn.Module):
+    """Per-pixel linear map with the official parameter layout: W (in, out), b (out)."""
+
+    def __init__(self, in_ch: int, out_ch: int, init_scale: float = 1.0) -> None:
+        super().__init__()
+        weight = torch.empty(out_ch, in_ch)
+        _variance_scaling_(weight, init_scale)
+        self.W = nn.Parameter(weight.t().contiguous())
+        self.b = nn.Parameter(torch.zeros(out_ch))
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all H·W positions, scale C^-1/2, residual scaled by 1/√2."""
+
+    def __init__(self, channels: int, skip_rescale: bool = True) -> None:
+        super().__init__()
+        self.skip_rescale = skip_rescale
+        self.GroupNorm_0 = nn.GroupNorm(_num_groups(channels), channels, eps=_GN_EPS)
+        self.NIN_0 = NIN(channels, channels)
+        self.NIN_1 = NIN(channels, channels)
+        self.NIN_2 = NIN(channels, channels)
+        self.NIN_3 = NIN(channels, channels, init_scale=0.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, height, width = x.shape
+        h = self.GroupNorm_0(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        w_qkv = torch.cat([self.NIN_0.W, self.NIN_1.W, self.NIN_2.W], dim=1)
+        b_qkv = torch.cat([self.NIN_0.b, self.NIN_1.b, self.NIN_2.b])
+        q, k, v = torch.addmm(b_qkv, h.reshape(-1, c), w_qkv).view(b, height * width, 3 * c).chunk(3, dim=2)
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = torch.addmm(self.NIN_3.b, h.reshape(-1, c), self.NIN_3.W).view(b, height * width, c)
+        h = h.transpose(1, 2).reshape(b, c, height, width)
+        return (x + h) * (1.0 / math.sqrt(2.0)) if self.skip_rescale else x + h
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The generator.
+
+
+class NCSNpp(nn.Module):
+    """x̂_0 = G(x_{t+1}, t, z): the official `NCSNpp` generator (biggan blocks, residual input pyramid)."""
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        nf, g = config.num_channels_dae, config
+        if nf % 2:
+            raise ValueError("num_channels_dae must be even (sinusoidal embedding)")
+        temb_dim, levels = 4 * nf, len(g.ch_mult)
+        resolutions = g.resolutions
+        self.act = nn.SiLU()
+
+        def block(i: int, o: int, up: bool = False, down: bool = False) -> ResnetBlockBigGAN:
+            return ResnetBlockBigGAN(
+                i, o, temb_dim, g.z_emb_dim, g.fir_kernel, up=up, down=down, dropout=g.dropout,
+                skip_rescale=g.skip_rescale,
+            )  # fmt: skip
+
+        modules: list[nn.Module] = [dense(nf, temb_dim), dense(temb_dim, temb_dim), conv2d(g.num_channels, nf, 3)]
+        # The forward pass replays this plan; it mirrors `modules` one to one.
+        plan: list[str] = []
+        skip_channels, in_ch, pyramid_ch = [nf], nf, g.num_channels
+        for level in range(levels):
+            for _ in range(g.num_res_blocks):
+                out_ch = nf * g.ch_mult[level]
+                modules.append(block(in_ch, out_ch))
+                plan.append("enc")
+                in_ch = out_ch
+                if resolutions[level] in g.attn_resolutions:
+                    modules.append(AttnBlock(in_ch, g.skip_rescale))
+                    plan.append("enc_attn")
+                skip_channels.append(in_ch)
+            if level != levels - 1:
+                modules.append(block(in_ch, in_ch, down=True))
+                modules.append(PyramidDownsample(pyramid_ch, in_ch, g.fir_kernel))
+                plan += ["down", "pyramid"]
+                pyramid_ch = in_ch
+                skip_channels.append(in_ch)
+        modules += [block(in_ch, in_ch), AttnBlock(in_ch, g.skip_rescale), block(in_ch, in_ch)]
+        plan += ["mid", "attn", "mid"]
+        for level in reversed(range(levels)):
+            for _ in range(g.num_res_blocks + 1):
+                out_ch = nf * g.ch_mult[level]
+                modules.append(block(in_ch + skip_channels.pop(), out_ch))
+                plan.append("dec")
+                in_ch = out_ch
+            if resolutions[level] in g.attn_resolutions:
+                modules.append(AttnBlock(in_ch, g.skip_rescale))
+                plan.append("attn")
+            if level != 0:
+                modules.append(block(in_ch, in_ch, up=True))
+                plan.append("up")
+        modules += [nn.GroupNorm(_num_groups(in_ch), in_ch, eps=_GN_EPS), conv2d(in_ch, g.num_channels, 3)]
+        self.all_modules = nn.ModuleList(modules)
+        self._plan = plan
+
+        mapping: list[nn.Module] = [PixelNorm(), dense(g.nz, g.z_emb_dim), nn.SiLU()]
+        for _ in range(g.n_mlp):
+            mapping += [dense(g.z_emb_dim, g.z_emb_dim), nn.SiLU()]
+        self.z_transform = nn.Sequential(*mapping)
+
+    def forward(self, x: Tensor, t: Tensor, z: Tensor) -> Tensor:
+        """x: (B, C, H, W) noisy x_{t+1} in [-1, 1]; t: (B,) int64 step index; z: (B, nz). Returns x̂_0."""
+        m = self.all_modules
+        z_emb = self.z_transform(z)
+        temb = m[1](F.silu(m[0](timestep_embedding(t, self.config.num_channels_dae))))
+        temb_act = F.silu(temb)  # every ResBlock's Dense_0 reads act(temb)
+
+        pyramid = x
+        h = m[2](x)
+        skips = [h]
+        index = 3
+        for step in self._plan:
+            module = m[index]
+            index += 1
+            if step == "enc":
+                h = module(h, temb_act, z_emb)
+                skips.append(h)
+            elif step == "enc_attn":  # the skip pushed after an encoder block is taken after its attention
+                h = module(h)
+                skips[-1] = h
+            elif step == "attn":
+                h = module(h)
+            elif step == "down":
+                h = module(skips[-1], temb_act, z_emb)
+            elif step == "pyramid":
+                pyramid = (module(pyramid) + h) * (1.0 / math.sqrt(2.0))
+                h = pyramid
+                skips.append(h)
+            elif step == "mid":
+                h = module(h, temb_act, z_emb)
+            elif step == "dec":
+                h = module(torch.cat([h, skips.pop()], dim=1), temb_act, z_emb)
+            elif step == "up":
+                h = module(h, temb_act, z_emb)
+        h = m[index + 1](F.silu(m[index](h)))
+        return h if self.config.not_use_tanh else torch.tanh(h)
