@@ -1,0 +1,22 @@
+"""`ddgan bench {sampler,serve,backends}`: each benchmark lives in its own module with `add_parser(sub)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+BENCHMARKS = {
+    "sampler": "bench.sampler",
+    "serve": "bench.serve",
+    "backends": "bench.backends",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="benchmarks: sampler, serve, backends (results for docs/benchmarks.md)")
+    bench_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
+    for name, module in BENCHMARKS.items():
+        try:
+            importlib.import_module(module).add_parser(bench_sub)
+        except ImportError:  # not written yet or an optional extra missing
+            continue
