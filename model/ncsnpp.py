@@ -23,6 +23,22 @@ def _num_groups(channels: int) -> int:
     return min(channels // 4, 32)
 
 
+def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
+    """GroupNorm with statistics in float32 whatever the activation dtype (fp16/bf16 GroupNorm loses accuracy)."""
+    if x.dtype == torch.float32:
+        return F.group_norm(x, num_groups, weight, bias, eps=_GN_EPS)
+    w = None if weight is None else weight.float()
+    b = None if bias is None else bias.float()
+    return F.group_norm(x.float(), num_groups, w, b, eps=_GN_EPS).to(x.dtype)
+
+
+class FP32GroupNorm(nn.GroupNorm):
+    """`nn.GroupNorm` (same parameters and state_dict keys) that normalises in float32."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return group_norm(x, self.num_groups, self.weight, self.bias)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Initialisation (DDPM / score_sde "fan_avg uniform" variance scaling; scale 0 means ~1e-10 for zero-init).
 
@@ -126,7 +142,7 @@ class AdaptiveGroupNorm(nn.Module):
 
     def forward(self, x: Tensor, z_emb: Tensor) -> Tensor:
         gamma, beta = self.style(z_emb)[:, :, None, None].chunk(2, dim=1)
-        return torch.addcmul(beta, gamma, F.group_norm(x, self.num_groups, eps=_GN_EPS))
+        return torch.addcmul(beta, gamma, group_norm(x, self.num_groups))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -191,7 +207,7 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int, skip_rescale: bool = True) -> None:
         super().__init__()
         self.skip_rescale = skip_rescale
-        self.GroupNorm_0 = nn.GroupNorm(_num_groups(channels), channels, eps=_GN_EPS)
+        self.GroupNorm_0 = FP32GroupNorm(_num_groups(channels), channels, eps=_GN_EPS)
         self.NIN_0 = NIN(channels, channels)
         self.NIN_1 = NIN(channels, channels)
         self.NIN_2 = NIN(channels, channels)
@@ -203,7 +219,8 @@ class AttnBlock(nn.Module):
         w_qkv = torch.cat([self.NIN_0.W, self.NIN_1.W, self.NIN_2.W], dim=1)
         b_qkv = torch.cat([self.NIN_0.b, self.NIN_1.b, self.NIN_2.b])
         q, k, v = torch.addmm(b_qkv, h.reshape(-1, c), w_qkv).view(b, height * width, 3 * c).chunk(3, dim=2)
-        h = F.scaled_dot_product_attention(q, k, v)
+        # One head as a 4-D (B, 1, HW, C) call: the ONNX exporter only translates 4-D SDPA.
+        h = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
         h = torch.addmm(self.NIN_3.b, h.reshape(-1, c), self.NIN_3.W).view(b, height * width, c)
         h = h.transpose(1, 2).reshape(b, c, height, width)
         return (x + h) * (1.0 / math.sqrt(2.0)) if self.skip_rescale else x + h
@@ -266,7 +283,7 @@ class NCSNpp(nn.Module):
             if level != 0:
                 modules.append(block(in_ch, in_ch, up=True))
                 plan.append("up")
-        modules += [nn.GroupNorm(_num_groups(in_ch), in_ch, eps=_GN_EPS), conv2d(in_ch, g.num_channels, 3)]
+        modules += [FP32GroupNorm(_num_groups(in_ch), in_ch, eps=_GN_EPS), conv2d(in_ch, g.num_channels, 3)]
         self.all_modules = nn.ModuleList(modules)
         self._plan = plan
 
@@ -279,7 +296,7 @@ class NCSNpp(nn.Module):
         """x: (B, C, H, W) noisy x_{t+1} in [-1, 1]; t: (B,) int64 step index; z: (B, nz). Returns x̂_0."""
         m = self.all_modules
         z_emb = self.z_transform(z)
-        temb = m[1](F.silu(m[0](timestep_embedding(t, self.config.num_channels_dae))))
+        temb = m[1](F.silu(m[0](timestep_embedding(t, self.config.num_channels_dae).to(z_emb.dtype))))
         temb_act = F.silu(temb)  # every ResBlock's Dense_0 reads act(temb)
 
         pyramid = x

@@ -1,0 +1,69 @@
+"""`create_app(settings)`: the FastAPI application factory (settings and registry are read here, not at import)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from server.errors import install_error_handlers
+from server.metrics import UNKNOWN, ServerMetrics
+from server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from server.registry import Registry, load_registry
+from server.routes import generate, health, models
+from server.runtime import LoadModel, Runtime
+from server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """Few-step image generation (DDGAN) with a DDPM baseline, dynamically batched per model.
+
+`POST /generate {"dataset": "mnist", "n": 16, "seed": 7}` answers JSON with base64 PNGs, one PNG grid
+(`Accept: image/png`) or a ZIP of PNGs (`Accept: application/zip`). Image `i` uses seed `seed + i` and is the
+same whether it ran alone or batched with other requests. Every error has the shape
+`{"error": {"type", "message", "status", "request_id", "details"}}`.
+"""
+
+
+def create_app(
+    settings: ServerSettings | None = None,
+    *,
+    registry: Registry | None = None,
+    load_model: LoadModel | None = None,
+) -> FastAPI:
+    """Build the app; `registry` defaults to `settings.registry`, `load_model` to `server.loader.load_entry`."""
+    settings = settings or ServerSettings()
+    registry = registry or load_registry(settings.registry)
+    metrics = ServerMetrics()
+    runtime = Runtime(settings, registry, metrics, load_model) if load_model else Runtime(settings, registry, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            logger.info("shutting down: finishing queued work (up to %.0f s)", settings.shutdown_timeout_s)
+            await runtime.stop()
+
+    app = FastAPI(title="DDGAN inference server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.runtime = runtime
+
+    def count_rejected(request: Request, status: int) -> None:
+        # /generate requests refused before the handler ran (bad JSON, wrong types, auth) still count.
+        if request.url.path == "/generate" and not getattr(request.state, "metrics_recorded", False):
+            metrics.observe_request(UNKNOWN, UNKNOWN, status, 0.0)
+            request.state.metrics_recorded = True
+
+    install_error_handlers(app, on_error=count_rejected)
+    app.include_router(generate.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    # Last added is outermost: the request context wraps the body limit, so a 413 also carries X-Request-ID.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,47 @@
+"""FastAPI dependencies: the runtime, the settings and the optional API key."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.errors import APIError
+from server.metrics import ServerMetrics
+from server.runtime import Runtime
+from server.settings import ServerSettings
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def get_settings(request: Request) -> ServerSettings:
+    settings: ServerSettings = request.app.state.settings
+    return settings
+
+
+def get_metrics(request: Request) -> ServerMetrics:
+    metrics: ServerMetrics = request.app.state.metrics
+    return metrics
+
+
+def require_api_key(request: Request, settings: Annotated[ServerSettings, Depends(get_settings)]) -> None:
+    """With `DDGAN_API_KEY` set, callers send `Authorization: Bearer <key>` (compared in constant time)."""
+    if settings.api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    expected = settings.api_key.get_secret_value()
+    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected.encode()):
+        raise APIError(
+            401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
+MetricsDep = Annotated[ServerMetrics, Depends(get_metrics)]
+ApiKey = Depends(require_api_key)

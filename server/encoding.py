@@ -1,0 +1,83 @@
+"""Content negotiation and the three response encodings of /generate: JSON (base64 PNGs), a PNG grid, a ZIP.
+
+PNG encoding runs on the runtime's thread pool: PIL releases the GIL inside zlib, so several images encode
+in parallel and the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import zipfile
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from model.images import encode_png, make_grid
+from server.errors import APIError
+
+JSON, PNG, ZIP = "application/json", "image/png", "application/zip"
+SUPPORTED = (JSON, PNG, ZIP)
+
+
+def negotiate(accept: str | None) -> str:
+    """The media type to answer with; no Accept (or */*) means JSON; nothing acceptable is a 406."""
+    if accept is None or not accept.strip():
+        return JSON
+    ranges: list[tuple[float, int, str]] = []
+    for position, part in enumerate(accept.split(",")):
+        media, *params = (piece.strip().lower() for piece in part.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if media and quality > 0:
+            ranges.append((-quality, position, media))
+    for _, _, media in sorted(ranges):
+        kind, _, subtype = media.partition("/")
+        for candidate in SUPPORTED:
+            ckind, _, csubtype = candidate.partition("/")
+            if media == candidate or (kind == "*" and subtype == "*") or (kind == ckind and subtype == "*"):
+                return candidate
+    raise APIError(406, "not_acceptable", f"cannot answer with {accept!r}; supported: {', '.join(SUPPORTED)}")
+
+
+def _encode_many(images: np.ndarray, compress_level: int) -> list[bytes]:
+    return [encode_png(image, compress_level) for image in images]
+
+
+async def encode_pngs(images: np.ndarray, pool: Executor, workers: int, compress_level: int) -> list[bytes]:
+    """One PNG per image, split over up to `workers` pool threads, in order."""
+    loop = asyncio.get_running_loop()
+    chunks = [chunk for chunk in np.array_split(images, min(workers, len(images))) if len(chunk)]
+    parts = await asyncio.gather(
+        *(loop.run_in_executor(pool, partial(_encode_many, chunk, compress_level)) for chunk in chunks)
+    )
+    return [png for part in parts for png in part]
+
+
+async def encode_grid(images: np.ndarray, pool: Executor, compress_level: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(pool, partial(_grid_png, images, compress_level))
+
+
+def _grid_png(images: np.ndarray, compress_level: int) -> bytes:
+    return encode_png(make_grid(images), compress_level)
+
+
+def build_zip(pngs: Sequence[bytes], names: Sequence[str], metadata: dict[str, Any]) -> bytes:
+    """PNGs are already deflated: store them; `metadata.json` carries seeds, model and latency."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, png in zip(names, pngs, strict=True):
+            archive.writestr(name, png)
+        archive.writestr("metadata.json", json.dumps(metadata, indent=2))
+    return buffer.getvalue()

@@ -1,0 +1,96 @@
+"""Pure-ASGI middleware (no BaseHTTPMiddleware: it would hide client disconnects from the handlers).
+
+`RequestContextMiddleware`: a request id on every response (`X-Request-ID`, the client's if it is sane),
+`Server-Timing` on every response, and any unexpected exception answered as a 500 in the one error shape.
+`BodySizeLimitMiddleware`: bodies over the limit answer 413, by Content-Length or while streaming.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import error_body
+
+logger = logging.getLogger(__name__)
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+async def _send_error(send: Send, status: int, type: str, message: str, request_id: str | None) -> None:
+    body = json.dumps(error_body(status, type, message, request_id)).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        incoming = dict(scope.get("headers", [])).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _SANE_ID.match(incoming) else uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        response_started = False
+
+        async def send_with_context(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                timings: list[tuple[str, float]] = list(state.get("server_timing", []))
+                timings.append(("total", (time.perf_counter() - started) * 1000))
+                header = ", ".join(f"{name};dur={ms:.2f}" for name, ms in timings)
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                headers += [(b"x-request-id", request_id.encode()), (b"server-timing", header.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_context)
+        except Exception:
+            logger.exception("unhandled error in %s %s (request %s)", scope.get("method"), scope["path"], request_id)
+            if not response_started:
+                await _send_error(send_with_context, 500, "internal_error", "internal server error", request_id)
+
+
+class BodySizeLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        length = dict(scope.get("headers", [])).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            request_id = scope.get("state", {}).get("request_id")
+            await _send_error(send, 413, "payload_too_large", f"request body exceeds {limit} bytes", request_id)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # FastAPI re-raises HTTPExceptions from body reading; the handler renders the error shape.
+                    raise HTTPException(413, f"request body exceeds {limit} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)

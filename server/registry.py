@@ -1,0 +1,144 @@
+"""The model registry: a TOML file listing every served (dataset, sampler) model and its batching limits.
+
+```toml
+[[models]]
+dataset = "mnist"          # the name clients send; looked up here, never used as a path
+sampler = "ddgan"          # or "ddpm" (the baseline of the same dataset)
+path = "mnist"             # model directory, relative to this file
+backend = "torch"          # ddgan: torch, torch-compile, onnxruntime, tensorrt (export.backends)
+device = "auto"            # auto (cuda if present), cpu, cuda, cuda:1 ...
+dtype = "float32"
+max_batch_images = 16      # images per batch
+max_wait_ms = 5            # how long a batch may wait to fill up
+max_queue_images = 256     # images waiting beyond this answer 503
+```
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+SamplerKind = Literal["ddgan", "ddpm"]
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class RegistryError(ValueError):
+    """The registry file is missing, is not TOML, or a field is invalid (the message names it)."""
+
+
+class ModelEntry(BaseModel):
+    """One served model; `path` is absolute once loaded through `load_registry`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: str = Field(pattern=r"^[a-z0-9][a-z0-9_\-]{0,63}$", description="name used in requests")
+    sampler: SamplerKind = "ddgan"
+    path: Path
+    preset: str | None = Field(
+        default=None,
+        description="architecture --random-weights builds when the weights are absent: a DDGAN preset (ddgan) "
+        "or a model.ddpm UNET_ARCHITECTURES name (ddpm); default: the dataset name",
+    )
+    backend: str = "torch"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    max_batch_images: int = Field(default=16, ge=1, le=1024)
+    max_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
+    max_queue_images: int = Field(default=256, ge=1, le=1_000_000)
+    default_steps: int | None = Field(
+        default=None, ge=1, le=1000, description="DDPM inference steps when a request omits it"
+    )
+    max_steps: int = Field(default=1000, ge=1, le=1000, description="largest DDPM `steps` a request may ask for")
+    warmup_batch_sizes: tuple[int, ...] | None = Field(default=None, description="default: 1 and max_batch_images")
+    install: str | None = Field(default=None, description="command that installs the weights (shown in the 404)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelEntry:
+        if self.sampler == "ddgan" and self.default_steps is not None:
+            raise ValueError("default_steps applies to sampler 'ddpm' only (a DDGAN's steps are its trained T)")
+        if self.sampler == "ddpm" and self.backend != "torch":
+            raise ValueError("backend: the ddpm baseline runs on 'torch' only")
+        if self.default_steps is not None and self.default_steps > self.max_steps:
+            raise ValueError(f"default_steps ({self.default_steps}) exceeds max_steps ({self.max_steps})")
+        if self.max_queue_images < self.max_batch_images:
+            raise ValueError("max_queue_images must be >= max_batch_images")
+        for size in self.warmup_batch_sizes or ():
+            if not 1 <= size <= self.max_batch_images:
+                raise ValueError(f"warmup_batch_sizes: {size} is outside 1..max_batch_images")
+        return self
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.dataset, self.sampler)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.sampler}"
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        """The batch sizes warm-up runs: those the queue forms most (one image, a full batch)."""
+        return tuple(sorted(set(self.warmup_batch_sizes or (1, self.max_batch_images))))
+
+    def install_hint(self) -> str:
+        if self.install:
+            return self.install
+        if self.sampler == "ddpm":
+            return f"ddgan train-ddpm --dataset {self.dataset} -o {self.path}"
+        return f"ddgan convert <official netG_*.pth> --preset {self.preset or self.dataset} -o {self.path}"
+
+
+class Registry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: list[ModelEntry] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Registry:
+        seen: set[tuple[str, str]] = set()
+        for entry in self.models:
+            if entry.key in seen:
+                raise ValueError(f"{entry.name} is listed twice")
+            seen.add(entry.key)
+        return self
+
+    def get(self, dataset: str, sampler: str) -> ModelEntry | None:
+        return next((m for m in self.models if m.key == (dataset, sampler)), None)
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "<root>"
+        lines.append(f"{field}: {item['msg']}")
+    return f"{source}: invalid registry\n  " + "\n  ".join(lines)
+
+
+def parse_registry(data: dict, base_dir: Path, source: str = "<registry>") -> Registry:
+    """Validate registry data; relative model paths are resolved against `base_dir`."""
+    try:
+        registry = Registry.model_validate(data)
+    except ValidationError as exc:
+        raise RegistryError(_describe(exc, source)) from None
+    resolved = [m.model_copy(update={"path": (base_dir / m.path).resolve()}) for m in registry.models]
+    return Registry(models=resolved)
+
+
+def load_registry(path: str | Path) -> Registry:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RegistryError(f"registry file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RegistryError(f"{path}: not valid TOML: {exc}") from None
+    return parse_registry(data, path.resolve().parent, str(path))

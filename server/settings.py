@@ -1,0 +1,57 @@
+"""Process-wide server settings: pydantic-settings, environment prefix `DDGAN_`, built in `create_app`.
+
+Per-model settings (batch limits, backend, device) live in the registry file; these are the knobs that apply
+to the whole process. Every field can be set as `DDGAN_<FIELD>` (e.g. `DDGAN_API_KEY`, `DDGAN_REGISTRY`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The registry shipped with the repository (and copied into the docker image beside the bundled models).
+DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "models" / "registry.toml"
+
+
+def _default_png_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+class ServerSettings(BaseSettings):
+    """Settings of one server process; validation errors name the field (`DDGAN_<FIELD>`)."""
+
+    model_config = SettingsConfigDict(env_prefix="DDGAN_", extra="ignore")
+
+    registry: Path = Field(default=DEFAULT_REGISTRY, description="model registry TOML file")
+    host: str = Field(default="127.0.0.1", description="interface uvicorn binds to")
+    port: int = Field(default=8000, ge=0, le=65535)
+    random_weights: bool = Field(
+        default=False, description="serve every DDGAN/DDPM architecture with random weights (latency work only)"
+    )
+    device: str | None = Field(default=None, description="override every model's device (cpu, cuda, cuda:1, auto)")
+    backend: str | None = Field(default=None, description="override every DDGAN model's backend")
+    api_key: SecretStr | None = Field(default=None, description="if set, /generate and /v1/models need `Bearer <key>`")
+    max_body_bytes: int = Field(default=16 * 1024, ge=256, description="largest accepted request body")
+    max_images_per_request: int = Field(default=64, ge=1, le=4096, description="upper bound of `n`")
+    request_timeout_s: float = Field(default=120.0, gt=0, description="deadline of a /generate request (504 past it)")
+    png_workers: int = Field(default_factory=_default_png_workers, ge=1, le=64)
+    png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level of the PNGs (1: fast)")
+    warmup: bool = Field(default=True, description="run every model at its batch sizes before /readyz turns ready")
+    shutdown_timeout_s: float = Field(default=30.0, ge=0, description="how long shutdown waits for queued work")
+    log_level: str = Field(default="info", description="uvicorn and server log level")
+
+    @field_validator("device", "backend")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in ("critical", "error", "warning", "info", "debug", "trace"):
+            raise ValueError("log_level must be one of critical, error, warning, info, debug, trace")
+        return value

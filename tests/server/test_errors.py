@@ -1,0 +1,187 @@
+"""Every bad input answers its 4xx in the one error shape, never a 500; auth, models listing, readiness."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.settings import ServerSettings
+from tests.server.conftest import error_of, make_app
+
+pytestmark = pytest.mark.asyncio
+
+MNIST = {"dataset": "mnist", "n": 1, "seed": 0}
+
+# (description, request kwargs, expected status, expected error type, text the message must contain)
+BAD_REQUESTS = [
+    ("bad JSON", {"content": b'{"dataset": "mnist", "n": ', "headers": {"content-type": "application/json"}},
+     400, "bad_json", "not valid JSON"),
+    ("JSON array", {"json": [1, 2]}, 422, "invalid_request", "body"),
+    ("empty body", {"content": b"", "headers": {"content-type": "application/json"}}, 422, "invalid_request", "body"),
+    ("n as string", {"json": {"dataset": "mnist", "n": "3"}}, 422, "invalid_request", "body.n"),
+    ("n as float", {"json": {"dataset": "mnist", "n": 2.5}}, 422, "invalid_request", "body.n"),
+    ("n as bool", {"json": {"dataset": "mnist", "n": True}}, 422, "invalid_request", "body.n"),
+    ("n zero", {"json": {"dataset": "mnist", "n": 0}}, 422, "invalid_request", "body.n"),
+    ("n above the maximum", {"json": {"dataset": "mnist", "n": 9}}, 422, "invalid_request", "between 1 and 8"),
+    ("negative seed", {"json": {"dataset": "mnist", "seed": -1}}, 422, "invalid_request", "body.seed"),
+    ("seed too large", {"json": {"dataset": "mnist", "seed": 2**70}}, 422, "invalid_request", "body.seed"),
+    ("seed + n overflows", {"json": {"dataset": "mnist", "n": 2, "seed": 2**63 - 1}}, 422, "invalid_request", "seed"),
+    ("dataset missing", {"json": {"n": 1}}, 422, "invalid_request", "body.dataset"),
+    ("dataset as number", {"json": {"dataset": 5}}, 422, "invalid_request", "body.dataset"),
+    ("unknown field", {"json": {**MNIST, "colour": "red"}}, 422, "invalid_request", "body.colour"),
+    ("unknown sampler", {"json": {**MNIST, "sampler": "gan"}}, 422, "invalid_request", "body.sampler"),
+    ("steps for ddgan", {"json": {**MNIST, "steps": 3}}, 422, "invalid_request", "ddpm"),
+    ("ddpm steps beyond training", {"json": {**MNIST, "sampler": "ddpm", "steps": 51}}, 422, "invalid_request", "50"),
+    ("zero timeout", {"json": {**MNIST, "timeout_s": 0}}, 422, "invalid_request", "body.timeout_s"),
+    ("unknown dataset", {"json": {"dataset": "imagenet"}}, 404, "unknown_model", "mnist/ddgan"),
+    ("path-like dataset", {"json": {"dataset": "../mnist"}}, 404, "unknown_model", "no model"),
+    ("no ddpm for celebahq", {"json": {"dataset": "celebahq", "sampler": "ddpm"}}, 404, "unknown_model", "no model"),
+    ("weights not installed", {"json": {"dataset": "celebahq"}}, 404, "model_not_installed",
+     "ddgan convert netG_550.pth --preset celebahq -o models/celebahq"),
+    ("unsupported Accept", {"json": MNIST, "headers": {"accept": "text/html"}}, 406, "not_acceptable", "image/png"),
+    ("Accept q=0 only", {"json": MNIST, "headers": {"accept": "application/json;q=0"}}, 406, "not_acceptable", ""),
+    ("form body", {"content": b"dataset=mnist", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+     415, "unsupported_media_type", "application/json"),
+    ("oversized body", {"json": {**MNIST, "pad": "x" * 5000}}, 413, "payload_too_large", "4096"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("description", "kwargs", "status", "kind", "text"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
+)
+async def test_bad_requests_get_their_4xx(registry_path, started, description, kwargs, status, kind, text):
+    client = await started(make_app(registry_path, max_images_per_request=8, max_body_bytes=4096))
+    response = await client.post("/generate", **kwargs)
+    assert response.status_code == status, response.text
+    error = error_of(response)
+    assert error["type"] == kind
+    assert text in error["message"]
+    if status == 422 and kind == "invalid_request" and "body." in text:
+        assert any(d["field"].startswith(text) for d in error["details"])
+    # The server still serves.
+    assert (await client.post("/generate", json=MNIST)).status_code == 200
+
+
+async def test_streamed_oversized_body_without_length(registry_path, started):
+    client = await started(make_app(registry_path, max_body_bytes=1024))
+
+    async def chunks():
+        yield b'{"dataset": "mnist", "pad": "'
+        for _ in range(10):
+            yield b"x" * 200
+        yield b'"}'
+
+    response = await client.post("/generate", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and error_of(response)["type"] == "payload_too_large"
+
+
+async def test_unknown_route_and_method(registry_path, started):
+    client = await started(make_app(registry_path))
+    assert error_of(await client.get("/nowhere"))["type"] == "not_found"
+    response = await client.get("/generate")
+    assert response.status_code == 405 and error_of(response)["type"] == "method_not_allowed"
+
+
+async def test_request_id_is_echoed_when_sane(registry_path, started):
+    client = await started(make_app(registry_path))
+    response = await client.get("/healthz", headers={"x-request-id": "trace-42"})
+    assert response.headers["x-request-id"] == "trace-42" and "total;dur=" in response.headers["server-timing"]
+    hostile = await client.get("/healthz", headers={"x-request-id": "a b\tc"})
+    assert hostile.headers["x-request-id"] != "a b\tc" and len(hostile.headers["x-request-id"]) == 32
+
+
+async def test_api_key(registry_path, started):
+    client = await started(make_app(registry_path, api_key="s3cret"))
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "Basic s3cret"}):
+        response = await client.post("/generate", json=MNIST, headers=headers)
+        assert response.status_code == 401 and error_of(response)["type"] == "unauthorized"
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert (await client.get("/v1/models", headers=headers)).status_code == 401
+    ok = await client.post("/generate", json=MNIST, headers={"authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    # Probes and scrapes stay open.
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert (await client.get(path)).status_code == 200
+
+
+async def test_models_listing(registry_path, started):
+    client = await started(make_app(registry_path))
+    body = (await client.get("/v1/models")).json()
+    assert body["max_images_per_request"] == 64
+    models = {(m["dataset"], m["sampler"]): m for m in body["models"]}
+    assert set(models) == {("mnist", "ddgan"), ("mnist", "ddpm"), ("celebahq", "ddgan")}
+    ddgan, ddpm, celebahq = models["mnist", "ddgan"], models["mnist", "ddpm"], models["celebahq", "ddgan"]
+    assert (ddgan["state"], ddgan["ready"], ddgan["steps"], ddgan["resolution"], ddgan["channels"]) == (
+        "ready", True, 2, 16, 1,
+    )  # fmt: skip
+    assert (ddgan["weights"], ddgan["backend"], ddgan["device"], ddgan["max_batch_images"]) == (
+        "real",
+        "torch",
+        "cpu",
+        8,
+    )
+    assert (ddpm["steps"], ddpm["max_steps"], ddpm["weights"]) == (4, 50, "real")
+    assert (celebahq["state"], celebahq["ready"], celebahq["weights"]) == ("not_installed", False, None)
+    assert celebahq["install"] == "ddgan convert netG_550.pth --preset celebahq -o models/celebahq"
+    assert "not installed" in celebahq["reason"]
+
+
+async def test_health_and_readiness(registry_path, started):
+    client = await started(make_app(registry_path))
+    assert (await client.get("/healthz")).json()["status"] == "ok"
+    ready = await client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    states = {m["model"]: m["state"] for m in ready.json()["models"]}
+    assert states == {"mnist/ddgan": "ready", "mnist/ddpm": "ready", "celebahq/ddgan": "not_installed"}
+    assert "/generate" in (await client.get("/openapi.json")).json()["paths"]
+    assert (await client.get("/docs")).status_code == 200
+
+
+async def test_a_broken_model_is_not_ready_but_others_serve(tiny_models, started, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "generator.safetensors").write_bytes(b"garbage")
+    registry = tmp_path / "registry.toml"
+    registry.write_text(
+        f'[[models]]\ndataset = "mnist"\npath = "{tiny_models / "tiny-ddgan"}"\ndevice = "cpu"\n'
+        f'[[models]]\ndataset = "cifar10"\npath = "broken"\ndevice = "cpu"\n'
+    )
+    client = await started(make_app(registry))
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["ready"] is False
+    failed = await client.post("/generate", json={"dataset": "cifar10"})
+    assert failed.status_code == 503 and error_of(failed)["type"] == "model_unavailable"
+    assert "not valid JSON" in error_of(failed)["message"]
+    assert (await client.post("/generate", json=MNIST)).status_code == 200
+
+
+async def test_missing_backend_is_a_not_ready_reason(tiny_models, started, tmp_path):
+    registry = tmp_path / "registry.toml"
+    registry.write_text(
+        f'[[models]]\ndataset = "mnist"\npath = "{tiny_models / "tiny-ddgan"}"\ndevice = "cpu"\n'
+        'backend = "no-such-backend"\n'
+    )
+    client = await started(make_app(registry))
+    model = (await client.get("/v1/models")).json()["models"][0]
+    assert model["state"] == "failed" and "no-such-backend" in model["reason"]
+    assert (await client.get("/readyz")).status_code == 503
+
+
+async def test_random_weights_are_announced(registry_path, started):
+    client = await started(make_app(registry_path, random_weights=True))
+    response = await client.post("/generate", json=MNIST)
+    assert response.json()["random_weights"] is True and response.headers["x-weights"] == "random"
+    models = {(m["dataset"], m["sampler"]): m for m in (await client.get("/v1/models")).json()["models"]}
+    assert models["mnist", "ddgan"]["weights"] == "random"
+    # celebahq has no weights, but --random-weights builds its architecture from the preset.
+    assert models["celebahq", "ddgan"]["state"] in ("ready", "warming", "loading")
+    metrics = (await client.get("/metrics")).text
+    assert 'weights="random"' in metrics and 'weights="real"' not in metrics
+
+
+def test_settings_errors_name_the_field(monkeypatch):
+    from pydantic import ValidationError
+
+    monkeypatch.setenv("DDGAN_MAX_IMAGES_PER_REQUEST", "lots")
+    with pytest.raises(ValidationError, match="max_images_per_request"):
+        ServerSettings()

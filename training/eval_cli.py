@@ -1,0 +1,254 @@
+"""CLI of the evaluation area: `ddgan eval`, `ddgan train-classifier`, `ddgan toy` (registered by training.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from model.checkpoint import atomic_write_bytes
+
+logger = logging.getLogger("ddgan.eval")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    _add_eval(subparsers)
+    _add_train_classifier(subparsers)
+    _add_toy(subparsers)
+
+
+# ---------------------------------------------------------------- ddgan eval
+
+
+def _add_eval(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="score a model: MNIST-classifier modes / FD (offline), FID / IS / precision-recall (Inception)",
+        description="Sample a DDGAN or DDPM model directory with explicit seeds and score the samples.",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="model directory (DDGAN: config.json + generator.safetensors; DDPM: diffusers unet/ + scheduler/)",
+    )
+    p.add_argument("--n", type=int, default=None, help="samples to score (default 10000; 26000 for 3-channel)")
+    p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--steps", type=int, default=None, help="DDPM inference steps (default: the model's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--classifier", help="MNIST classifier directory (ddgan train-classifier)")
+    p.add_argument("--data", help="Keras-layout mnist.npz: real reference for the classifier Fréchet distance")
+    p.add_argument("--inception-weights", help="FID InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth)")
+    p.add_argument("--fid-ref", help="FID reference: image folder, Keras .npz, or statistics .npz (mu/sigma)")
+    p.add_argument("--out", help="write the report as JSON here")
+    p.add_argument("--grid", help="write a PNG grid of the first 100 samples here")
+    p.add_argument("--save-samples", help="write every sample as PNG into this directory")
+    p.set_defaults(handler=run_eval)
+
+
+def _load_sampler(model_dir: str, device: str):
+    from model.ddpm import is_ddpm_directory
+
+    if is_ddpm_directory(model_dir):
+        from model.ddpm import load_ddpm_sampler
+
+        return load_ddpm_sampler(model_dir, device=device)
+    from model.sampler import load_ddgan_sampler
+
+    return load_ddgan_sampler(model_dir, device=device)
+
+
+def generate(sampler, seeds: list[int], batch_size: int, steps: int | None) -> torch.Tensor:
+    """Samples for explicit seeds, quantised to uint8 levels exactly as a PNG file stores them, in [-1, 1]."""
+    from model.images import to_uint8
+
+    batches = []
+    start = time.time()
+    for i in range(0, len(seeds), batch_size):
+        chunk = seeds[i : i + batch_size]
+        images = sampler.sample(chunk, steps=steps) if sampler.kind == "ddpm" else sampler.sample(chunk)
+        batches.append(torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0))
+        logger.info(
+            "sampled %d/%d (%.1f images/s)", i + len(chunk), len(seeds), (i + len(chunk)) / (time.time() - start)
+        )
+    return torch.cat(batches)
+
+
+def _write_pngs(images: torch.Tensor, seeds: list[int], grid: str | None, folder: str | None) -> None:
+    from model.images import encode_png, make_grid, to_uint8
+
+    pixels = to_uint8(images)
+    if grid:
+        atomic_write_bytes(Path(grid), encode_png(make_grid(pixels[:100], columns=10), compress_level=6))
+    if folder:
+        for seed, image in zip(seeds, pixels, strict=True):
+            atomic_write_bytes(Path(folder) / f"{seed:08d}.png", encode_png(image))
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from model.noise import image_seeds
+
+    if not (args.classifier or args.inception_weights):
+        raise SystemExit("ddgan eval: give --classifier (offline MNIST metrics) and/or --inception-weights + --fid-ref")
+    if args.inception_weights and not args.fid_ref:
+        raise SystemExit("ddgan eval: --inception-weights needs --fid-ref (reference images or statistics)")
+    # load everything that can fail before the (long) sampling
+    classifier = None
+    if args.classifier:
+        from training.classifier import load_classifier
+
+        classifier, classifier_meta = load_classifier(args.classifier, args.device)
+    inception = None
+    if args.inception_weights:
+        from training.inception import load_inception
+
+        inception = load_inception(args.inception_weights, args.device)
+    sampler = _load_sampler(args.model, args.device)
+    channels = sampler.image_shape[0]
+    n = args.n or (26_000 if channels == 3 else 10_000)
+    seeds = image_seeds(args.seed, n)
+    start = time.time()
+    images = generate(sampler, seeds, args.batch_size, args.steps)
+    report: dict = {
+        "model": str(args.model),
+        "sampler": sampler.kind,
+        "steps": args.steps or sampler.steps,
+        "num_samples": n,
+        "seeds": [args.seed, args.seed + n - 1],
+        "sampling_seconds": round(time.time() - start, 1),
+    }
+    _write_pngs(images, seeds, args.grid, args.save_samples)
+    text = []
+    if classifier is not None:
+        report["classifier"] = {"path": str(args.classifier), "test_accuracy": classifier_meta.get("test_accuracy")}
+        report.update(_offline_metrics(classifier, images, args.data, args.seed, text))
+    if inception is not None:
+        from training.evaluation import inception_metrics
+
+        report["inception"] = inception_metrics(inception, images, args.fid_ref, batch_size=min(args.batch_size, 100))
+        text.append("FID {fid:.3f}  IS {inception_score:.3f} ± {inception_score_std:.3f}".format(**report["inception"]))
+        if "precision" in report["inception"]:
+            text.append("precision {precision:.3f}  recall {recall:.3f}".format(**report["inception"]))
+    if args.out:
+        atomic_write_bytes(Path(args.out), (json.dumps(report, indent=2) + "\n").encode())
+    sys.stdout.write(f"{args.model} ({sampler.kind}, {report['steps']} steps, {n} samples, seeds {args.seed}..)\n")
+    sys.stdout.write("\n".join(text) + "\n")
+    return 0
+
+
+def _offline_metrics(classifier, images: torch.Tensor, data: str | None, seed: int, text: list[str]) -> dict:
+    from training.classifier import load_mnist_npz
+    from training.mode_coverage import (
+        classifier_frechet,
+        classify_samples,
+        format_report,
+        mode_report,
+        perfect_sampler_kl,
+        stacked_mode_report,
+    )
+
+    channels = images.shape[1]
+    probabilities, features = classify_samples(classifier, images)
+    modes = stacked_mode_report(probabilities) if channels == 3 else mode_report(probabilities)
+    result: dict = {"modes": modes.to_dict(), "perfect_sampler_kl": perfect_sampler_kl(len(images), modes.num_modes)}
+    frechet = None
+    if data:
+        x_train, _, x_test, _ = load_mnist_npz(data)
+        frechet = classifier_frechet(classifier, features, x_train, x_test, channels, seed)
+        result["classifier_frechet"] = frechet.to_dict()
+    else:
+        logger.warning("no --data: the classifier Fréchet distance needs the real MNIST .npz; skipped")
+    text.append(format_report(modes, frechet))
+    return result
+
+
+# ---------------------------------------------------------------- ddgan train-classifier
+
+
+def _add_train_classifier(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train-classifier", help="train the MNIST classifier used by `ddgan eval`")
+    p.add_argument("--data", required=True, help="Keras-layout mnist.npz")
+    p.add_argument("--out", required=True, help="output directory (classifier.safetensors + classifier.json)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(handler=run_train_classifier)
+
+
+def run_train_classifier(args: argparse.Namespace) -> int:
+    from training.classifier import ClassifierTrainConfig, save_classifier, train_classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, metadata = train_classifier(args.data, ClassifierTrainConfig(epochs=args.epochs, seed=args.seed))
+    save_classifier(args.out, model, metadata)
+    sys.stdout.write(f"test accuracy {metadata['test_accuracy']:.4f}; saved to {args.out}\n")
+    return 0
+
+
+# ---------------------------------------------------------------- ddgan toy
+
+
+def _add_toy(subparsers: argparse._SubParsersAction) -> None:
+    from training.toy import ToyConfig
+
+    defaults = ToyConfig()
+    p = subparsers.add_parser("toy", help="2-D 25-Gaussian study: GAN vs DDGAN vs SIDDM (PacGAN metrics)")
+    p.add_argument("--objective", choices=["gan", "ddgan", "siddm"], default="ddgan")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps T (gan: 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--iterations", type=int, default=defaults.iterations)
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--hidden", type=int, default=defaults.hidden)
+    p.add_argument("--lambda-afd", type=float, default=defaults.lambda_afd)
+    p.add_argument("--sweep", action="store_true", help="run the whole study (GAN T=1; DDGAN/SIDDM T=1,2,4,8,16)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per configuration in --sweep")
+    p.add_argument("--only", nargs="+", choices=["gan", "ddgan", "siddm"], help="--sweep: only these objectives")
+    p.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of sweep result files")
+    p.add_argument("--out", help="JSON file: one run's metrics, or the sweep's runs (appended, resumable)")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(handler=run_toy)
+
+
+def run_toy(args: argparse.Namespace) -> int:
+    from training.toy import ToyConfig, format_table, run_sweep, train_toy
+
+    if args.table:
+        runs = [run for path in args.table for run in json.loads(Path(path).read_text())]
+        sys.stdout.write(format_table(runs) + "\n")
+        return 0
+    torch.set_num_threads(args.threads)
+    common = {
+        "iterations": args.iterations,
+        "batch_size": args.batch_size,
+        "hidden": args.hidden,
+        "lambda_afd": args.lambda_afd,
+    }
+    if args.sweep:
+        if not args.out:
+            raise SystemExit("ddgan toy --sweep needs --out results.json")
+        objectives = args.only or ["gan", "ddgan", "siddm"]
+        runs = run_sweep(Path(args.out), seeds=range(args.seeds), objectives=objectives, **common)
+        sys.stdout.write(format_table(runs) + "\n")
+        return 0
+    steps = args.steps if args.steps is not None else (1 if args.objective == "gan" else 4)
+    try:
+        config = ToyConfig(objective=args.objective, num_timesteps=steps, seed=args.seed, **common)
+    except ValueError as exc:
+        raise SystemExit(f"ddgan toy: {exc}") from exc
+    start = time.process_time()
+    _, metrics, _ = train_toy(config)
+    result = {"config": config.__dict__, **metrics.to_dict(), "cpu_seconds": round(time.process_time() - start, 1)}
+    if args.out:
+        atomic_write_bytes(Path(args.out), (json.dumps(result, indent=2) + "\n").encode())
+    sys.stdout.write(
+        f"{args.objective} T={steps} seed={args.seed}: modes {metrics.modes_covered}/25, "
+        f"high-quality {100 * metrics.high_quality:.1f}%, reverse KL {metrics.reverse_kl:.3f}, "
+        f"FD-2D {metrics.frechet_2d:.3f} ({result['cpu_seconds']} s CPU)\n"
+    )
+    return 0

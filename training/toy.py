@@ -1,0 +1,342 @@
+"""The 2-D 25-Gaussian toy study: GAN vs DDGAN vs SIDDM on the PacGAN grid, with PacGAN's metrics.
+
+Data (PacGAN protocol, siddm-notes §2.3): means {-4,-2,0,2,4}², isotropic σ = 0.05, 100,000 fixed training points,
+2,500 generated samples scored. The diffusion variants run DDGAN's discrete VP schedule (`DiffusionSchedule`) on
+x / 4 so the grid lies in [-1, 1] like image data; samples are scaled back before scoring.
+
+Objectives (one small MLP generator G(x_{t+1}, t, z) -> x̂_0 for all three, sampled through DDGAN's chain):
+- `gan`: T = 1 plain GAN. G maps (ε, z) ~ N(0, I) to x; D(x) is unconditional.
+- `ddgan`: D(x_t, x_{t+1}, t) on the joint, real x_t ~ q(x_t | x_0) vs fake x'_t ~ q(x_t | x_{t+1}, x̂_0)
+  (DDGAN Eq. 4-5), non-saturating softplus losses, R1 on real x_t.
+- `siddm`: D(x_t, t) on the marginal only, plus the auxiliary-forward-diffusion term
+  KL(p_θ(x_{t+1} | x'_t) ‖ q(x_{t+1} | x'_t)) with its entropy estimated by a conditional-estimator head C of D
+  (siddm-notes §1.3-1.4; the Gaussian cross-entropy is weighted 1/(2β_{t+1}) as in the exact KL), and D's
+  denoising regulariser ‖r(x_t, t) − x_0‖² on real samples instead of R1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.checkpoint import atomic_write_bytes
+from model.config import DiffusionConfig
+from model.diffusion import DiffusionSchedule, SamplingChain
+from training.evaluation import frechet_distance
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVES = ("gan", "ddgan", "siddm")
+GRID_VALUES = (-4.0, -2.0, 0.0, 2.0, 4.0)
+GRID_STD = 0.05
+DATA_SCALE = 4.0  # diffusion runs on x / 4, so the grid spans [-1, 1] like images in DDGAN
+QUALITY_RADIUS = 3.0  # in units of σ (PacGAN's "high quality" / "mode covered" threshold)
+
+
+def grid_means() -> np.ndarray:
+    """The 25 mode centres, shape (25, 2), row-major over (x, y)."""
+    return np.array([(x, y) for x in GRID_VALUES for y in GRID_VALUES], dtype=np.float64)
+
+
+def sample_grid(n: int, generator: torch.Generator) -> Tensor:
+    """n points from the uniform 25-Gaussian mixture, float32 (n, 2)."""
+    means = torch.from_numpy(grid_means()).float()
+    modes = torch.randint(0, len(means), (n,), generator=generator)
+    return means[modes] + GRID_STD * torch.randn(n, 2, generator=generator)
+
+
+# ---------------------------------------------------------------- metrics (PacGAN Table 1)
+
+
+@dataclass(frozen=True)
+class GridMetrics:
+    modes_covered: int  # modes with at least one sample within 3σ
+    high_quality: float  # share of samples within 3σ of their nearest mode
+    reverse_kl: float  # KL(p̂ ‖ U_25), p̂ = nearest-mode histogram of the high-quality samples
+    frechet_2d: float  # Fréchet distance of Gaussian fits: samples vs the true mixture's moments
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+
+def mixture_moments() -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the true mixture: 0 and (mean of squared grid values + σ²)·I."""
+    variance = float(np.mean(np.square(GRID_VALUES))) + GRID_STD**2
+    return np.zeros(2), variance * np.eye(2)
+
+
+def grid_metrics(samples: np.ndarray) -> GridMetrics:
+    """Score (N, 2) samples on the original (unscaled) grid."""
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.ndim != 2 or samples.shape[1] != 2 or len(samples) == 0:
+        raise ValueError(f"expected samples of shape (N, 2), got {samples.shape}")
+    means = grid_means()
+    distances = np.linalg.norm(samples[:, None, :] - means[None, :, :], axis=2) / GRID_STD
+    nearest = distances.argmin(axis=1)
+    good = distances[np.arange(len(samples)), nearest] < QUALITY_RADIUS
+    counts = np.bincount(nearest[good], minlength=len(means))
+    if counts.sum() == 0:
+        reverse_kl = math.nan
+    else:
+        p_hat = counts[counts > 0] / counts.sum()
+        reverse_kl = float(np.sum(p_hat * np.log(p_hat * len(means))))
+    true_mean, true_cov = mixture_moments()
+    finite = samples[np.all(np.isfinite(samples), axis=1)]
+    if len(finite) > 2:
+        fd = frechet_distance(finite.mean(0), np.cov(finite, rowvar=False), true_mean, true_cov)
+    else:
+        fd = math.nan
+    return GridMetrics(int((counts > 0).sum()), float(good.mean()), reverse_kl, float(fd))
+
+
+# ---------------------------------------------------------------- networks
+
+
+class ToyGenerator(nn.Module):
+    """x̂_0 = G(x_{t+1}, t, z): an MLP with a learned step embedding and a linear skip from x_{t+1}."""
+
+    def __init__(self, num_timesteps: int, nz: int, hidden: int, embed_dim: int = 32) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(num_timesteps, embed_dim)
+        self.body = nn.Sequential(
+            nn.Linear(2 + embed_dim + nz, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+        )
+        self.head = nn.Linear(hidden + 2, 2)
+
+    def forward(self, x_t_plus_one: Tensor, t: Tensor, z: Tensor) -> Tensor:
+        h = self.body(torch.cat([x_t_plus_one, self.embed(t), z], dim=1))
+        return self.head(torch.cat([h, x_t_plus_one], dim=1))
+
+
+class ToyDiscriminator(nn.Module):
+    """D(x_t, [x_{t+1}], t): a LeakyReLU MLP with a logit head and, for SIDDM, the r (x_0) and C (x_{t+1}) heads."""
+
+    def __init__(self, num_timesteps: int, hidden: int, conditional: bool, extra_heads: bool, embed_dim: int = 32):
+        super().__init__()
+        self.conditional = conditional
+        self.embed = nn.Embedding(num_timesteps, embed_dim)
+        in_features = 2 + (2 if conditional else 0) + embed_dim
+        self.trunk = nn.Sequential(
+            nn.Linear(in_features, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.2),
+        )
+        self.logit = nn.Linear(hidden, 1)
+        self.denoise = nn.Linear(hidden, 2) if extra_heads else None  # r(x_t, t) -> x_0
+        self.forward_estimate = nn.Linear(hidden, 2) if extra_heads else None  # C(x'_t, t) -> x_{t+1}
+
+    def features(self, x_t: Tensor, t: Tensor, x_t_plus_one: Tensor | None = None) -> Tensor:
+        parts = [x_t, x_t_plus_one] if self.conditional else [x_t]
+        assert (x_t_plus_one is not None) == self.conditional, "condition given iff D is conditional"
+        return self.trunk(torch.cat([*parts, self.embed(t)], dim=1))  # type: ignore[list-item]
+
+
+# ---------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    objective: str = "ddgan"
+    num_timesteps: int = 4
+    seed: int = 0
+    iterations: int = 4000
+    batch_size: int = 512
+    hidden: int = 128
+    nz: int = 2
+    lr_g: float = 5e-4
+    lr_d: float = 5e-4
+    adam_betas: tuple[float, float] = (0.5, 0.9)
+    r1_gamma: float = 0.05  # DDGAN / GAN; in the scaled space
+    lambda_afd: float = 1.0  # SIDDM
+    lambda_reg: float = 1.0  # SIDDM's denoising regulariser
+    num_train_points: int = 100_000
+    num_eval_samples: int = 2_500
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective == "gan" and self.num_timesteps != 1:
+            raise ValueError("the plain GAN is the T = 1 baseline: use --steps 1")
+        if not 1 <= self.num_timesteps <= 1000 or self.iterations < 1 or self.batch_size < 1:
+            raise ValueError("need 1 <= steps <= 1000, iterations >= 1 and batch_size >= 1")
+
+
+class ToyModel(nn.Module):
+    """G, D and the schedule of one toy run; `step()` does one D update then one G update."""
+
+    def __init__(self, config: ToyConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.schedule = DiffusionSchedule(DiffusionConfig(num_timesteps=config.num_timesteps))
+        siddm = config.objective == "siddm"
+        self.generator = ToyGenerator(config.num_timesteps, config.nz, config.hidden)
+        self.discriminator = ToyDiscriminator(
+            config.num_timesteps, config.hidden, conditional=config.objective == "ddgan", extra_heads=siddm
+        )
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=config.adam_betas)
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=config.adam_betas)
+
+    def _pairs(self, x_0: Tensor, rng: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(t, x_t, x_{t+1}, x'_t): real pair from q, fake x'_t ~ q(x_t | x_{t+1}, G(x_{t+1}, t, z))."""
+        n = len(x_0)
+        t = torch.randint(0, self.config.num_timesteps, (n,), generator=rng)
+        z = torch.randn(n, self.config.nz, generator=rng)
+        if self.config.objective == "gan":
+            x_t, x_t_plus_one = x_0, torch.randn(n, 2, generator=rng)  # G's input is pure noise
+            return t, x_t, x_t_plus_one, self.generator(x_t_plus_one, t, z)
+        noise, noise_next, posterior_noise = (torch.randn(n, 2, generator=rng) for _ in range(3))
+        x_t, x_t_plus_one = self.schedule.q_sample_pairs(x_0, t, noise, noise_next)
+        x_0_pred = self.generator(x_t_plus_one, t, z)
+        return t, x_t, x_t_plus_one, self.schedule.sample_posterior(x_0_pred, x_t_plus_one, t, posterior_noise)
+
+    def _logit(self, x: Tensor, t: Tensor, x_t_plus_one: Tensor) -> Tensor:
+        d = self.discriminator
+        return d.logit(d.features(x, t, x_t_plus_one if d.conditional else None)).squeeze(1)
+
+    def step(self, x_0: Tensor, rng: torch.Generator) -> dict[str, float]:
+        cfg, d = self.config, self.discriminator
+        # ---- D step
+        with torch.no_grad():
+            t, x_t, x_t_plus_one, fake = self._pairs(x_0, rng)
+        x_t = x_t.requires_grad_(cfg.objective != "siddm")
+        real_features = d.features(x_t, t, x_t_plus_one if d.conditional else None)
+        real_logit = d.logit(real_features).squeeze(1)
+        loss_d = F.softplus(-real_logit).mean() + F.softplus(self._logit(fake, t, x_t_plus_one)).mean()
+        if cfg.objective == "siddm":
+            assert d.denoise is not None and d.forward_estimate is not None
+            loss_d = loss_d + cfg.lambda_reg * (d.denoise(real_features) - x_0).square().sum(1).mean()
+            # C regresses x_{t+1} on the generator's x'_t: its error estimates the conditional entropy
+            loss_d = loss_d + (d.forward_estimate(d.features(fake, t)) - x_t_plus_one).square().sum(1).mean()
+        else:  # R1 on real data (Mescheder et al. 2018)
+            (grad,) = torch.autograd.grad(real_logit.sum(), x_t, create_graph=True)
+            loss_d = loss_d + 0.5 * cfg.r1_gamma * grad.square().sum(1).mean()
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+        # ---- G step (fresh t, noise and latents)
+        d.requires_grad_(False)
+        t, _, x_t_plus_one, fake = self._pairs(x_0, rng)
+        loss_g = F.softplus(-self._logit(fake, t, x_t_plus_one)).mean()
+        if cfg.objective == "siddm":
+            assert d.forward_estimate is not None
+            # AFD: KL(p_θ(x_{t+1}|x'_t) ‖ q(x_{t+1}|x'_t)) = cross-entropy (explicit Gaussian) − entropy (via C)
+            beta = self.schedule.betas[t + 1].unsqueeze(1)
+            cross_entropy = (x_t_plus_one - self.schedule.step_a[t + 1].unsqueeze(1) * fake).square() / (2 * beta)
+            entropy = (x_t_plus_one - d.forward_estimate(d.features(fake, t))).square() / (2 * beta)
+            loss_g = loss_g + cfg.lambda_afd * (cross_entropy - entropy).sum(1).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        d.requires_grad_(True)
+        return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+
+    @torch.no_grad()
+    def sample(self, n: int, rng: torch.Generator) -> Tensor:
+        """n points on the original grid scale, through DDGAN's T-step chain (x_T ~ N(0, I))."""
+        steps = self.config.num_timesteps
+        x_T = torch.randn(n, 2, generator=rng)
+        z = torch.randn(steps, n, self.config.nz, generator=rng)
+        noise = torch.randn(steps, n, 2, generator=rng)
+        if self.config.objective == "gan":
+            return DATA_SCALE * self.generator(x_T, torch.zeros(n, dtype=torch.long), z[0])
+        chain = SamplingChain(self.generator, DiffusionConfig(num_timesteps=steps))
+        return DATA_SCALE * chain(x_T, z, noise)
+
+
+def train_toy(config: ToyConfig, log_every: int = 0) -> tuple[ToyModel, GridMetrics, list[dict[str, float]]]:
+    """Train one toy run from `config.seed` and score `config.num_eval_samples` samples."""
+    torch.manual_seed(config.seed)  # weight initialisation
+    model = ToyModel(config)
+    data_rng = torch.Generator().manual_seed(config.seed)
+    train_rng = torch.Generator().manual_seed(config.seed + 1)
+    eval_rng = torch.Generator().manual_seed(config.seed + 2)
+    data = sample_grid(config.num_train_points, data_rng) / DATA_SCALE
+    history = []
+    for iteration in range(config.iterations):
+        batch = data[torch.randint(0, len(data), (config.batch_size,), generator=train_rng)]
+        losses = model.step(batch, train_rng)
+        if log_every and (iteration + 1) % log_every == 0:
+            history.append({"iteration": iteration + 1, **losses})
+    samples = model.sample(config.num_eval_samples, eval_rng).numpy()
+    return model, grid_metrics(samples), history
+
+
+# ---------------------------------------------------------------- the study (all configurations × seeds)
+
+SWEEP_CONFIGS = [("gan", 1)] + [(objective, steps) for objective in ("ddgan", "siddm") for steps in (1, 2, 4, 8, 16)]
+
+
+def run_sweep(
+    out: Path, seeds: Iterable[int], objectives: Iterable[str] = OBJECTIVES, **overrides: Any
+) -> list[dict[str, Any]]:
+    """Train every (objective, T) × seed, appending each result to `out` (JSON list); finished runs are skipped.
+
+    `objectives` restricts the sweep, so several processes can share it (one output file each).
+    """
+    runs: list[dict[str, Any]] = json.loads(out.read_text()) if out.is_file() else []
+    done = {(r["objective"], r["steps"], r["seed"]) for r in runs}
+    seeds = list(seeds)
+    for objective, steps in [c for c in SWEEP_CONFIGS if c[0] in set(objectives)]:
+        for seed in seeds:
+            if (objective, steps, seed) in done:
+                continue
+            config = ToyConfig(objective=objective, num_timesteps=steps, seed=seed, **overrides)
+            start = time.process_time()
+            _, metrics, _ = train_toy(config)
+            runs.append(
+                {
+                    "objective": objective,
+                    "steps": steps,
+                    "seed": seed,
+                    **metrics.to_dict(),
+                    "cpu_seconds": round(time.process_time() - start, 1),
+                    "config": dataclasses.asdict(config),
+                }
+            )
+            logger.info("%s T=%d seed=%d: %s", objective, steps, seed, metrics)
+            atomic_write_bytes(out, (json.dumps(runs, indent=1) + "\n").encode())
+    return runs
+
+
+def _mean_se(values: list[float]) -> str:
+    array = np.asarray(values, dtype=np.float64)
+    se = array.std(ddof=1) / math.sqrt(len(array)) if len(array) > 1 else math.nan
+    return f"{array.mean():.2f} ± {se:.2f}"
+
+
+def format_table(runs: list[dict[str, Any]]) -> str:
+    """Markdown table, mean ± standard error over seeds, one row per (objective, T)."""
+    lines = [
+        "| objective | T | seeds | modes (of 25) | high-quality % | reverse KL | FD-2D | CPU s/run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for objective, steps in SWEEP_CONFIGS:
+        group = [r for r in runs if r["objective"] == objective and r["steps"] == steps]
+        if not group:
+            continue
+        lines.append(
+            f"| {objective} | {steps} | {len(group)} | {_mean_se([r['modes_covered'] for r in group])} | "
+            f"{_mean_se([100 * r['high_quality'] for r in group])} | {_mean_se([r['reverse_kl'] for r in group])} | "
+            f"{_mean_se([r['frechet_2d'] for r in group])} | {np.mean([r['cpu_seconds'] for r in group]):.0f} |"
+        )
+    return "\n".join(lines)
