@@ -17,6 +17,7 @@ import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -34,7 +35,7 @@ from export.ort_backend import OnnxRuntimeChain, OnnxRuntimeUnavailableError, Pr
 from export.torch_backend import CompiledChain, CudaGraphChain
 from export.trt_build import TensorRTUnavailableError, import_tensorrt
 from model.checkpoint import load_config, load_model
-from model.config import ModelConfig
+from model.config import ConfigError, ModelConfig
 from model.sampler import DDGANSampler, RunChain, torch_chain
 
 logger = logging.getLogger(__name__)
@@ -87,10 +88,13 @@ def _artifact_precision(backend: str, dtype: torch.dtype) -> str:
     return ARTIFACT_PRECISION[dtype]
 
 
-def _check_config(model_dir: Path, exported: dict[str, object], config: ModelConfig, artifact: Path) -> None:
-    current = config.to_dict()
+def _check_config(model_dir: Path, exported: dict[str, Any], config: ModelConfig, artifact: Path) -> None:
+    try:
+        exported_config = ModelConfig.from_dict(exported)
+    except ConfigError as exc:
+        raise ArtifactError(f"{artifact}: unreadable model config in its metadata: {exc}") from exc
     for part in ("generator", "diffusion"):
-        if exported.get(part) != current[part]:
+        if getattr(exported_config, part) != getattr(config, part):
             raise ArtifactError(
                 f"{artifact} was exported for another {part} config than {model_dir / 'config.json'} now holds; "
                 "re-export it"

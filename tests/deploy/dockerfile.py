@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from tests.deploy.promql import DOCKER
 
@@ -68,3 +70,49 @@ def env(stage: int) -> dict[str, str]:
                 name, _, value = word.partition("=")
                 values[name] = value
     return values
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    parts = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            parts.append(".*")
+            i += 2
+            if pattern.startswith("/", i):  # `**/x` also matches `x` at the top
+                parts[-1] = "(?:.*/)?"
+                i += 1
+        elif pattern[i] == "*":
+            parts.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            parts.append("[^/]")
+            i += 1
+        else:
+            parts.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(parts) + r"\Z")
+
+
+def ignore_rules(path: Path = DOCKERFILE.with_name(DOCKERFILE.name + ".dockerignore")) -> list[tuple[bool, re.Pattern]]:
+    """(negated, regex) per line, in order; BuildKit's per-Dockerfile ignore file."""
+    rules = []
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        negated = line.startswith("!")
+        pattern = line.lstrip("!").strip().strip("/")
+        rules.append((negated, _pattern_regex(pattern)))
+    return rules
+
+
+def sent_to_builder(relative: str, rules: list[tuple[bool, re.Pattern]]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides; `!` re-includes."""
+    parts = relative.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    included = True
+    for negated, regex in rules:
+        if any(regex.match(candidate) for candidate in candidates):
+            included = negated
+    return included

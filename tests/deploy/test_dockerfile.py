@@ -81,6 +81,10 @@ def test_runtime_environment_is_server_settings() -> None:
     assert all(k.removeprefix("DDGAN_").lower() in ServerSettings.model_fields for k in server_settings)
     # The registry lives in the copied models directory, the server binds outside the container's loopback.
     assert server_settings["DDGAN_REGISTRY"] == "/models/registry.toml"
+    registry = tomllib.loads((REPO / "models" / "registry.toml").read_text())
+    for entry in registry["models"]:  # relative paths stay inside the copied (and volume-mounted) directory
+        path = entry["path"]
+        assert not path.startswith("/") and (REPO / "models" / path).resolve().is_relative_to(REPO / "models"), path
     assert server_settings["DDGAN_HOST"] == "0.0.0.0"
     exposed = [i.arguments for i in instructions() if i.keyword == "EXPOSE"]
     assert exposed == [server_settings["DDGAN_PORT"]]
@@ -95,3 +99,19 @@ def test_instruction_reader_joins_continuations() -> None:
         ("CMD", '["x", "y"]', 0),
     ]
     assert parsed[2].words() == ["x", "y"]
+
+
+def test_ignore_file_sends_exactly_what_the_dockerfile_copies() -> None:
+    rules = dockerfile.ignore_rules()
+    for sources, _, flags in _copies():
+        if any(flag.startswith("--from=") for flag in flags):
+            continue
+        for source in sources:
+            assert dockerfile.sent_to_builder(source, rules), source
+            for path in list((REPO / source).rglob("*.py"))[:20] if (REPO / source).is_dir() else []:
+                assert dockerfile.sent_to_builder(str(path.relative_to(REPO)), rules), path
+    for kept_out in (".venv/lib/python3.11/site-packages/torch/__init__.py", "runs/mnist/ckpt.pt", ".git/HEAD"):
+        assert not dockerfile.sent_to_builder(kept_out, rules), kept_out
+    for kept_out in ("server/__pycache__/app.cpython-312.pyc", "models/mnist/chain.plan", "models/x/trt-timing.cache"):
+        assert not dockerfile.sent_to_builder(kept_out, rules), kept_out
+    assert dockerfile.sent_to_builder("models/mnist/chain.onnx", rules)  # portable: the onnxruntime backend uses it

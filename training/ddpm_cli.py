@@ -1,0 +1,233 @@
+"""`ddgan train-ddpm`: train the DDPM baseline U-Net on any supported dataset (registered by training.cli).
+
+A run directory holds `config.json` (the resolved config), `checkpoint.safetensors` (the full run state,
+rewritten atomically every `--checkpoint-every` steps / `--checkpoint-minutes` and at exit, including Ctrl-C
+and SIGTERM), `model/` (the latest EMA U-Net in diffusers format, what the server loads), `samples/` (PNG
+grids from fixed seeds) and `tb/` (TensorBoard logs, when tensorboard is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from model.checkpoint import CheckpointError, atomic_write_bytes
+from model.ddpm import DDPMConfig, DDPMSampler
+from model.images import encode_png, make_grid, to_uint8
+from training.data import DATASET_KINDS, DataError, build_dataset
+from training.ddpm_trainer import (
+    CHECKPOINT_FILE,
+    DDPMTrainConfig,
+    DDPMTrainer,
+    build_scheduler,
+    load_config_from_checkpoint,
+    stream_for,
+)
+
+logger = logging.getLogger("ddgan.train_ddpm")
+GRID_SEEDS = list(range(64))
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.replace(",", " ").split()) if text.strip() else ()
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    defaults = DDPMTrainConfig()
+    p = subparsers.add_parser(
+        "train-ddpm",
+        help="train the DDPM baseline U-Net (diffusers format) on a dataset",
+        description="Train a diffusers UNet2DModel with DDPM's L_simple (ε-prediction, linear β, T=1000) and an EMA; "
+        "the run's model/ directory is loadable by the server's DDPM sampler.",
+    )
+    p.add_argument("--data", required=True, help="dataset path: .npz, image folder, CIFAR-10 batches or LMDB folder")
+    p.add_argument("--dataset", default="auto", choices=DATASET_KINDS, help="data format (default: detect)")
+    p.add_argument("--out", required=True, type=Path, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--name", default=defaults.dataset_name, help="dataset name recorded in ddpm.json (server label)")
+    p.add_argument("--image-size", type=int, default=defaults.image_size)
+    p.add_argument("--channels", type=int, default=defaults.channels, choices=(1, 3))
+    p.add_argument("--block-channels", type=_int_tuple, default=defaults.block_out_channels, help='e.g. "32,64,64"')
+    p.add_argument("--layers-per-block", type=int, default=defaults.layers_per_block)
+    p.add_argument("--attention-levels", type=_int_tuple, default=defaults.attention_levels, help='e.g. "1"')
+    p.add_argument("--dropout", type=float, default=defaults.dropout)
+    p.add_argument(
+        "--steps", type=int, default=None, help=f"total optimiser steps of the run (default {defaults.steps})"
+    )
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    p.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
+    p.add_argument("--hflip", action="store_true", help="random horizontal flips (not for digits)")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--num-workers", type=int, default=0, help="decoding workers for folder/LMDB data")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="also checkpoint after this much time")
+    p.add_argument("--sample-every", type=int, default=2000, help="steps between sample grids (0: only at the end)")
+    p.add_argument("--sample-steps", type=int, default=100, help="denoising steps of the periodic grids")
+    p.add_argument("--final-sample-steps", type=int, default=1000, help="denoising steps of the final grid (0: none)")
+    p.add_argument("--log-every", type=int, default=50, help="steps between log lines / TensorBoard points")
+    p.set_defaults(handler=run_train_ddpm)
+
+
+def _config_from_args(args: argparse.Namespace) -> DDPMTrainConfig:
+    return DDPMTrainConfig(
+        dataset_kind=args.dataset,
+        image_size=args.image_size,
+        channels=args.channels,
+        block_out_channels=tuple(args.block_channels),
+        layers_per_block=args.layers_per_block,
+        attention_levels=tuple(args.attention_levels),
+        dropout=args.dropout,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        ema_decay=args.ema_decay,
+        hflip=args.hflip,
+        seed=args.seed,
+        steps=args.steps or DDPMTrainConfig.steps,
+        data_source=str(args.data),
+        dataset_name=args.name,
+    )
+
+
+class _StopFlag:
+    """Turns SIGTERM into a clean stop at the next step boundary (the run then checkpoints)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        logger.warning("signal %d: stopping after this step and writing a checkpoint", signum)
+        self.stop = True
+
+
+def save_grid(trainer: DDPMTrainer, path: Path, steps: int, seeds: list[int] = GRID_SEEDS) -> None:
+    """A PNG grid of EMA samples from fixed seeds (same seeds every time, so grids are comparable)."""
+    cfg = trainer.config
+    ddpm_config = DDPMConfig(cfg.channels, cfg.image_size, cfg.num_train_timesteps, steps)
+    sampler = DDPMSampler(trainer.ema, dict(build_scheduler(cfg).config), ddpm_config, device=trainer.device)
+    images = sampler.sample(seeds, steps=steps)
+    atomic_write_bytes(path, encode_png(make_grid(to_uint8(images), columns=8), compress_level=6))
+
+
+def _tensorboard(directory: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.info("tensorboard is not installed (pip install 'ddgan-serve[train]'): no TensorBoard logs")
+        return None
+    return SummaryWriter(str(directory))
+
+
+def run_train_ddpm(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    checkpoint = out / CHECKPOINT_FILE
+    try:
+        if args.resume:
+            config = load_config_from_checkpoint(checkpoint)
+            config.steps = args.steps or config.steps
+        else:
+            if checkpoint.exists():
+                raise CheckpointError(
+                    f"{out} already holds a run; pass --resume to continue it or choose another --out"
+                )
+            config = _config_from_args(args)
+        config.validate()
+        dataset = build_dataset(
+            args.data, config.image_size, config.channels, dataset=config.dataset_kind, hflip=config.hflip
+        )
+    except (DataError, CheckpointError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    config.data_source = str(args.data)
+
+    trainer = DDPMTrainer(config, device=args.device)
+    extra: dict[str, Any] = {"elapsed_s": 0.0}
+    if args.resume:
+        extra = trainer.load_checkpoint(checkpoint)
+        logger.info("resumed %s at step %d", checkpoint, trainer.step)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "config.json", (json.dumps(config.to_dict(), indent=2) + "\n").encode())
+    params = sum(p.numel() for p in trainer.unet.parameters())
+    logger.info(
+        "DDPM U-Net %s: %.2f M parameters; %d images; run dir %s",
+        config.block_out_channels,
+        params / 1e6,
+        len(dataset),
+        out,
+    )
+
+    stop = _StopFlag()
+    previous_handler = signal.signal(signal.SIGTERM, stop)
+    writer = _tensorboard(out / "tb")
+    batches = stream_for(trainer, dataset, args.num_workers)
+    run_start = time.monotonic() - float(extra.get("elapsed_s", 0.0))
+    last_checkpoint, window_start, window_images = time.monotonic(), time.monotonic(), 0
+
+    def checkpoint_now() -> None:
+        nonlocal last_checkpoint
+        extra["elapsed_s"] = time.monotonic() - run_start
+        trainer.save_checkpoint(checkpoint, extra)
+        trainer.export(out / "model")
+        last_checkpoint = time.monotonic()
+        logger.info("step %d: checkpoint and model/ written", trainer.step)
+
+    bar = tqdm(
+        total=config.steps,
+        initial=trainer.step,
+        desc="train-ddpm",
+        dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0,
+    )
+    try:
+        while trainer.step < config.steps and not stop.stop:
+            stats = trainer.train_step(next(batches))
+            window_images += config.batch_size
+            bar.update(1)
+            if trainer.step % args.log_every == 0 or trainer.step == config.steps:
+                rate = window_images / max(time.monotonic() - window_start, 1e-9)
+                bar.set_postfix(loss=f"{stats['loss']:.4f}", img_s=f"{rate:.1f}")
+                logger.info(
+                    "step %d loss %.4f grad %.3f lr %.2e %.1f img/s",
+                    trainer.step,
+                    stats["loss"],
+                    stats["grad_norm"],
+                    stats["lr"],
+                    rate,
+                )
+                if writer is not None:
+                    for name, value in (*stats.items(), ("images_per_s", rate)):
+                        writer.add_scalar(f"train/{name}", value, trainer.step)
+                window_start, window_images = time.monotonic(), 0
+            minutes = (time.monotonic() - last_checkpoint) / 60
+            if trainer.step % args.checkpoint_every == 0 or minutes >= args.checkpoint_minutes:
+                checkpoint_now()
+            if args.sample_every and trainer.step % args.sample_every == 0:
+                save_grid(trainer, out / "samples" / f"step_{trainer.step:07d}.png", args.sample_steps)
+    except KeyboardInterrupt:
+        logger.warning("interrupted: writing a checkpoint at step %d", trainer.step)
+    finally:
+        bar.close()
+        checkpoint_now()
+        signal.signal(signal.SIGTERM, previous_handler)
+        if writer is not None:
+            writer.close()
+    if trainer.step >= config.steps and args.final_sample_steps:
+        grid = out / "samples" / f"final_{args.final_sample_steps}steps.png"
+        save_grid(trainer, grid, args.final_sample_steps)
+        logger.info("final grid (%d denoising steps): %s", args.final_sample_steps, grid)
+    logger.info(
+        "done: step %d of %d, %.1f min; model: %s", trainer.step, config.steps, extra["elapsed_s"] / 60, out / "model"
+    )
+    return 0
