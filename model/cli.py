@@ -7,6 +7,7 @@ with one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
@@ -57,6 +58,14 @@ def register(subparsers: Any) -> None:
     sample.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="network dtype")
     sample.add_argument("--backend", default="torch", help="torch (default) or an export backend (see ddgan export)")
     sample.add_argument("--steps", type=int, default=None, help="DDPM only: denoising steps (default: the model's)")
+    sample.add_argument(
+        "--fixed-batch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run every forward pass on exactly N images (padding the last batch): each image is then "
+        "bit-identical whatever -n and the rest of its batch; without it, identical up to float rounding",
+    )
     sample.set_defaults(handler=run_sample)
 
     convert = subparsers.add_parser(
@@ -101,7 +110,11 @@ def _sample(args: argparse.Namespace) -> int:
         raise UsageError(f"output {args.out} exists and is not a directory")
     seed = random_seed() if args.seed is None else args.seed
     seeds = image_seeds(seed, args.num_images)
+    if args.fixed_batch is not None and args.fixed_batch < 1:
+        raise UsageError(f"--fixed-batch must be >= 1, got {args.fixed_batch}")
     sampler = _build_sampler(args)
+    if args.fixed_batch is not None:
+        sampler.fixed_batch = args.fixed_batch
     if args.steps is not None and sampler.kind != "ddpm":
         raise UsageError(f"--steps applies to DDPM models only; this DDGAN model always runs {sampler.steps} steps")
     steps = sampler.steps if args.steps is None else args.steps
@@ -179,7 +192,9 @@ def _random_sampler(preset: str, kind: str, device: str, dtype: torch.dtype) -> 
         if preset not in UNET_ARCHITECTURES:
             raise UsageError(f"no DDPM architecture for preset {preset!r}; choose one of {sorted(UNET_ARCHITECTURES)}")
         channels, size, _ = config.image_shape
-        return random_weights_ddpm(preset, num_channels=channels, image_size=size, device=device, dtype=dtype)
+        sampler = random_weights_ddpm(preset, num_channels=channels, image_size=size, device=device, dtype=dtype)
+        sampler.config = dataclasses.replace(sampler.config, dataset=config.dataset)
+        return sampler
     from model.sampler import random_weights_sampler
 
     return random_weights_sampler(config, device=device, dtype=dtype)

@@ -172,6 +172,10 @@ def _load_unet(unet_dir: Path) -> UNet2DModel:
     ]
     if problems:
         raise CheckpointError(f"UNet weights in {unet_dir} do not match its config.json: {'; '.join(problems)}")
+    # Fresh allocations: the loader may leave tensors in its (mmap) buffers at arbitrary offsets, and CPU
+    # kernels round differently by alignment, so the same weights would give other bits per file format.
+    for tensor in [*unet.parameters(), *unet.buffers()]:
+        tensor.data = tensor.data.clone()
     return unet.eval()
 
 

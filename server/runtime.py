@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from server.batching import BatchQueue
 from server.loader import LoadedModel, ModelNotInstalledError, ModelUnavailableError, load_entry
 from server.metrics import ServerMetrics
@@ -114,6 +116,8 @@ class Runtime:
 
     # ----- lifecycle -----
     async def start(self) -> None:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
         self.accepting = True
         self._loader = asyncio.create_task(asyncio.to_thread(self._load_all), name="load-models")
 

@@ -41,6 +41,9 @@ class ServerSettings(BaseSettings):
     png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level of the PNGs (1: fast)")
     warmup: bool = Field(default=True, description="run every model at its batch sizes before /readyz turns ready")
     shutdown_timeout_s: float = Field(default=30.0, ge=0, description="how long shutdown waits for queued work")
+    torch_threads: int | None = Field(
+        default=None, ge=1, le=512, description="torch intra-op threads (default: torch's choice, one per core)"
+    )
     log_level: str = Field(default="info", description="uvicorn and server log level")
 
     @field_validator("device", "backend")

@@ -2,12 +2,13 @@
 
 Layout (ddgan-spec.md §5): a folder with `train.lmdb` (and `validation.lmdb`), keys `str(index)`, values the raw
 uint8 RGB bytes of one square image (H·W·3, no encoding). The environment is opened lazily in each process,
-because an LMDB handle must not cross a fork into DataLoader workers.
+per process (keyed by pid), because an LMDB handle must not be used across a fork into DataLoader workers.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,23 @@ def _import_lmdb() -> Any:
     except ImportError as exc:
         raise DataError("reading an LMDB dataset needs the optional extra: pip install 'ddgan-serve[lmdb]'") from exc
     return lmdb
+
+
+# One environment per (process, database): LMDB refuses a second open of the same database in one process.
+_ENVIRONMENTS: dict[tuple[int, str], Any] = {}
+
+
+def _environment(database: Path) -> Any:
+    key = (os.getpid(), str(database.resolve()))
+    if key not in _ENVIRONMENTS:
+        lmdb = _import_lmdb()
+        try:
+            _ENVIRONMENTS[key] = lmdb.open(
+                key[1], readonly=True, lock=False, readahead=False, meminit=False, max_readers=64
+            )
+        except lmdb.Error as exc:
+            raise DataError(f"{database}: cannot open as an LMDB database ({exc})") from exc
+    return _ENVIRONMENTS[key]
 
 
 def _resolve_database(path: Path, train: bool) -> Path:
@@ -45,35 +63,16 @@ class LMDBImageDataset(ImageDataset):
         self.database = _resolve_database(path, train)
         self.image_size = image_size
         self.channels = channels
-        self._env: Any = None
-        lmdb = _import_lmdb()
-        try:
-            env = self._open(lmdb)
-        except lmdb.Error as exc:
-            raise DataError(f"{self.database}: cannot open as an LMDB database ({exc})") from exc
-        self.length = int(env.stat()["entries"])
+        self.length = int(_environment(self.database).stat()["entries"])
         if self.length == 0:
             raise DataError(f"{self.database}: the LMDB database is empty")
         self._read(0)  # fail now on a value that is not a raw square RGB image
-
-    def _open(self, lmdb: Any) -> Any:
-        if self._env is None:
-            self._env = lmdb.open(
-                str(self.database), readonly=True, lock=False, readahead=False, meminit=False, max_readers=64
-            )
-        return self._env
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_env"] = None
-        return state
 
     def __len__(self) -> int:
         return self.length
 
     def _read(self, index: int) -> np.ndarray:
-        env = self._open(_import_lmdb())
-        with env.begin(write=False) as txn:
+        with _environment(self.database).begin(write=False) as txn:
             value = txn.get(str(index).encode())
         if value is None:
             raise DataError(f"{self.database}: key {str(index)!r} is missing (keys must be 0..{self.length - 1})")

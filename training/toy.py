@@ -128,9 +128,18 @@ class ToyGenerator(nn.Module):
 class ToyDiscriminator(nn.Module):
     """D(x_t, [x_{t+1}], t): a LeakyReLU MLP with a logit head and, for SIDDM, the r (x_0) and C (x_{t+1}) heads."""
 
-    def __init__(self, num_timesteps: int, hidden: int, conditional: bool, extra_heads: bool, embed_dim: int = 32):
+    def __init__(
+        self,
+        num_timesteps: int,
+        hidden: int,
+        conditional: bool,
+        extra_heads: bool,
+        input_gain: float = 1.0,
+        embed_dim: int = 32,
+    ):
         super().__init__()
         self.conditional = conditional
+        self.input_gain = input_gain
         self.embed = nn.Embedding(num_timesteps, embed_dim)
         in_features = 2 + (2 if conditional else 0) + embed_dim
         self.trunk = nn.Sequential(
@@ -148,7 +157,8 @@ class ToyDiscriminator(nn.Module):
     def features(self, x_t: Tensor, t: Tensor, x_t_plus_one: Tensor | None = None) -> Tensor:
         parts = [x_t, x_t_plus_one] if self.conditional else [x_t]
         assert (x_t_plus_one is not None) == self.conditional, "condition given iff D is conditional"
-        return self.trunk(torch.cat([*parts, self.embed(t)], dim=1))  # type: ignore[list-item]
+        scaled = [self.input_gain * part for part in parts]  # type: ignore[operator]
+        return self.trunk(torch.cat([*scaled, self.embed(t)], dim=1))
 
 
 # ---------------------------------------------------------------- training
@@ -169,6 +179,7 @@ class ToyConfig:
     r1_gamma: float = 0.05  # DDGAN / GAN; in the scaled space
     lambda_afd: float = 1.0  # SIDDM
     lambda_reg: float = 1.0  # SIDDM's denoising regulariser
+    d_input_gain: float = 1.0  # D sees gain · x: resolves the σ = 0.05 / 4 modes with unit-scale weights
     num_train_points: int = 100_000
     num_eval_samples: int = 2_500
 
@@ -191,7 +202,11 @@ class ToyModel(nn.Module):
         siddm = config.objective == "siddm"
         self.generator = ToyGenerator(config.num_timesteps, config.nz, config.hidden)
         self.discriminator = ToyDiscriminator(
-            config.num_timesteps, config.hidden, conditional=config.objective == "ddgan", extra_heads=siddm
+            config.num_timesteps,
+            config.hidden,
+            conditional=config.objective == "ddgan",
+            extra_heads=siddm,
+            input_gain=config.d_input_gain,
         )
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=config.adam_betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=config.adam_betas)

@@ -127,7 +127,7 @@ def test_server_environment_is_valid_server_settings(services: dict, monkeypatch
 
 
 def test_models_volume_holds_the_registry(compose: dict, services: dict) -> None:
-    assert "models:/models" in services["server"]["volumes"]
+    assert [with_defaults(v) for v in services["server"]["volumes"]] == ["models:/models"]
     assert {"models", "prometheus-data", "grafana-data"} <= set(compose["volumes"])
     dockerfile = (REPO / "docker" / "Dockerfile").read_text()
     assert "COPY --chown=ddgan:ddgan models /models" in dockerfile  # seeds the named volume on first start

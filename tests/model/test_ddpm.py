@@ -171,3 +171,8 @@ def test_random_weights_sampler_is_marked_and_reproducible() -> None:
     assert torch.equal(first.sample([0]), second.sample([0]))
     with pytest.raises(ValueError, match="unknown DDPM architecture"):
         random_weights_ddpm("imagenet")
+
+
+def test_save_load_round_trip_is_bit_identical(sampler: DDPMSampler) -> None:
+    original = random_weights_ddpm("tiny", num_channels=3, default_steps=3, seed=2)  # what conftest saved
+    assert torch.equal(original.sample([4, 5], steps=2), sampler.sample([4, 5], steps=2))

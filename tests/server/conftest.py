@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
+import torch
 from fastapi import FastAPI
 
 from model.checkpoint import save_model
@@ -36,6 +37,9 @@ TINY_DDGAN = ModelConfig(
     diffusion=DiffusionConfig(num_timesteps=2),
     dataset="mnist",
 )
+# One intra-op thread: the machine is shared and OpenMP spinning under oversubscription slows tiny models 100x.
+torch.set_num_threads(1)
+
 DDPM_TRAIN_STEPS = 50
 DDPM_DEFAULT_STEPS = 4
 GATED_SEEDS = 1000
