@@ -114,9 +114,11 @@ def find_ddpm_layout(directory: str | Path) -> DDPMLayout | None:
     if pipeline_unet.is_file():
         return DDPMLayout(directory / "unet", directory / "scheduler" / SCHEDULER_CONFIG, "pipeline")
     top_level = directory / UNET_CONFIG
-    if top_level.is_file() and _json_object(top_level).get("_class_name") == "UNet2DModel":
-        return DDPMLayout(directory, directory / SCHEDULER_CONFIG, "hub-unet")
-    return None
+    try:
+        is_unet = top_level.is_file() and _json_object(top_level).get("_class_name") == "UNet2DModel"
+    except CheckpointError:  # unreadable: not recognisably DDPM; the DDGAN loader reports the bad file
+        is_unet = False
+    return DDPMLayout(directory, directory / SCHEDULER_CONFIG, "hub-unet") if is_unet else None
 
 
 def is_ddpm_directory(directory: str | Path) -> bool:

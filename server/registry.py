@@ -16,16 +16,11 @@ max_queue_images = 256     # images waiting beyond this answer 503
 
 from __future__ import annotations
 
-import sys
+import tomllib
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 SamplerKind = Literal["ddgan", "ddpm"]
 DTYPES = ("float32", "float16", "bfloat16")

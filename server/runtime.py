@@ -30,7 +30,7 @@ LoadModel = Callable[..., LoadedModel]
 WARMUP_DDPM_STEPS = 2  # enough to compile/allocate every kernel the 1000-step loop uses
 
 
-class ModelState(str, enum.Enum):
+class ModelState(enum.StrEnum):
     LOADING = "loading"
     WARMING = "warming"
     READY = "ready"
@@ -110,6 +110,7 @@ class Runtime:
         self.models = {entry.key: ServedModel(entry) for entry in registry.models}
         self.png_pool = ThreadPoolExecutor(settings.png_workers, thread_name_prefix="png")
         self.accepting = False
+        self.requests_in_flight = 0  # /generate requests past validation (event-loop side only)
         self.started_at = time.time()
         self._loader: asyncio.Task[None] | None = None
         self._stopping = False
@@ -135,6 +136,10 @@ class Runtime:
         queues = [m.queue for m in self.models.values() if m.queue is not None]
         timeout = self.settings.shutdown_timeout_s
         await asyncio.gather(*(asyncio.to_thread(q.close, timeout) for q in queues))
+        # Requests whose images are done still encode them on the pool: let them finish first.
+        give_up = time.monotonic() + timeout
+        while self.requests_in_flight and time.monotonic() < give_up:
+            await asyncio.sleep(0.01)
         self.png_pool.shutdown(wait=True)
 
     @property

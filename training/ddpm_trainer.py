@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
@@ -237,7 +237,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         with safe_open(str(path), framework="pt") as handle:
             meta = json.loads((handle.metadata() or {}).get("state", "{}"))
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open API)
-    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors training checkpoint: {exc}") from exc
     if meta.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a DDPM training checkpoint (format {meta.get('format')!r})")

@@ -209,6 +209,7 @@ def _add_toy(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep", action="store_true", help="run the whole study (GAN T=1; DDGAN/SIDDM T=1,2,4,8,16)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per configuration in --sweep")
     p.add_argument("--only", nargs="+", choices=["gan", "ddgan", "siddm"], help="--sweep: only these objectives")
+    p.add_argument("--sweep-steps", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="--sweep: only these T")
     p.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of sweep result files")
     p.add_argument("--out", help="JSON file: one run's metrics, or the sweep's runs (appended, resumable)")
     p.add_argument("--threads", type=int, default=1)
@@ -233,7 +234,9 @@ def run_toy(args: argparse.Namespace) -> int:
         if not args.out:
             raise SystemExit("ddgan toy --sweep needs --out results.json")
         objectives = args.only or ["gan", "ddgan", "siddm"]
-        runs = run_sweep(Path(args.out), seeds=range(args.seeds), objectives=objectives, **common)
+        runs = run_sweep(
+            Path(args.out), seeds=range(args.seeds), objectives=objectives, steps_list=args.sweep_steps, **common
+        )
         sys.stdout.write(format_table(runs) + "\n")
         return 0
     steps = args.steps if args.steps is not None else (1 if args.objective == "gan" else 4)

@@ -169,17 +169,17 @@ class ToyConfig:
     objective: str = "ddgan"
     num_timesteps: int = 4
     seed: int = 0
-    iterations: int = 4000
-    batch_size: int = 512
+    iterations: int = 3000
+    batch_size: int = 128
     hidden: int = 128
     nz: int = 2
-    lr_g: float = 5e-4
-    lr_d: float = 5e-4
+    lr_g: float = 1e-3
+    lr_d: float = 1e-3
     adam_betas: tuple[float, float] = (0.5, 0.9)
-    r1_gamma: float = 0.05  # DDGAN / GAN; in the scaled space
+    r1_gamma: float = 0.01  # DDGAN / GAN; in the scaled space
     lambda_afd: float = 1.0  # SIDDM
     lambda_reg: float = 1.0  # SIDDM's denoising regulariser
-    d_input_gain: float = 1.0  # D sees gain · x: resolves the σ = 0.05 / 4 modes with unit-scale weights
+    d_input_gain: float = 4.0  # D sees gain · x: resolves the σ = 0.05 / 4 modes with unit-scale weights
     num_train_points: int = 100_000
     num_eval_samples: int = 2_500
 
@@ -210,6 +210,11 @@ class ToyModel(nn.Module):
         )
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=config.lr_g, betas=config.adam_betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr_d, betas=config.adam_betas)
+        # cosine decay of both learning rates over the run, as DDGAN's recipe (eta_min 1e-5)
+        self.lr_schedules = [
+            torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.iterations, eta_min=1e-5)
+            for opt in (self.opt_g, self.opt_d)
+        ]
 
     def _pairs(self, x_0: Tensor, rng: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(t, x_t, x_{t+1}, x'_t): real pair from q, fake x'_t ~ q(x_t | x_{t+1}, G(x_{t+1}, t, z))."""
@@ -263,6 +268,8 @@ class ToyModel(nn.Module):
         loss_g.backward()
         self.opt_g.step()
         d.requires_grad_(True)
+        for schedule in self.lr_schedules:
+            schedule.step()
         return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
 
     @torch.no_grad()
@@ -302,16 +309,21 @@ SWEEP_CONFIGS = [("gan", 1)] + [(objective, steps) for objective in ("ddgan", "s
 
 
 def run_sweep(
-    out: Path, seeds: Iterable[int], objectives: Iterable[str] = OBJECTIVES, **overrides: Any
+    out: Path,
+    seeds: Iterable[int],
+    objectives: Iterable[str] = OBJECTIVES,
+    steps_list: Iterable[int] = (1, 2, 4, 8, 16),
+    **overrides: Any,
 ) -> list[dict[str, Any]]:
     """Train every (objective, T) × seed, appending each result to `out` (JSON list); finished runs are skipped.
 
-    `objectives` restricts the sweep, so several processes can share it (one output file each).
+    `objectives` and `steps_list` restrict the sweep, so several processes can share it (one output file each).
     """
     runs: list[dict[str, Any]] = json.loads(out.read_text()) if out.is_file() else []
     done = {(r["objective"], r["steps"], r["seed"]) for r in runs}
     seeds = list(seeds)
-    for objective, steps in [c for c in SWEEP_CONFIGS if c[0] in set(objectives)]:
+    selected = [c for c in SWEEP_CONFIGS if c[0] in set(objectives) and c[1] in set(steps_list)]
+    for objective, steps in selected:
         for seed in seeds:
             if (objective, steps, seed) in done:
                 continue

@@ -76,9 +76,11 @@ async def generate(
         labels = (body.dataset, body.sampler)
         in_flight = metrics.in_flight.labels(*labels)
         in_flight.inc()
+        runtime.requests_in_flight += 1
         try:
             return await _generate(request, body, served, runtime, media_type, started)
         finally:
+            runtime.requests_in_flight -= 1
             in_flight.dec()
     except APIError as exc:
         status = exc.status
@@ -130,6 +132,8 @@ async def _generate(
     settings, metrics = runtime.settings, runtime.metrics
     if body.n > settings.max_images_per_request:
         raise _invalid("body.n", f"must be between 1 and {settings.max_images_per_request}")
+    if body.n > served.entry.max_queue_images:
+        raise _invalid("body.n", f"must be at most {served.entry.max_queue_images} for {served.entry.name}")
     queue_steps, steps = _request_steps(served, body)
     seed = body.seed if body.seed is not None else random_seed()
     try:

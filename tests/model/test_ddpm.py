@@ -176,3 +176,8 @@ def test_random_weights_sampler_is_marked_and_reproducible() -> None:
 def test_save_load_round_trip_is_bit_identical(sampler: DDPMSampler) -> None:
     original = random_weights_ddpm("tiny", num_channels=3, default_steps=3, seed=2)  # what conftest saved
     assert torch.equal(original.sample([4, 5], steps=2), sampler.sample([4, 5], steps=2))
+
+
+def test_an_unreadable_top_level_config_is_not_taken_for_a_ddpm(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{not json")
+    assert find_ddpm_layout(tmp_path) is None and not is_ddpm_directory(tmp_path)

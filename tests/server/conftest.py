@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -158,18 +159,33 @@ def make_app(registry: Path, load_model: Callable[..., LoadedModel] | None = Non
     return create_app(config, registry=load_registry(registry), load_model=load_model)
 
 
-@pytest_asyncio.fixture
-async def started() -> AsyncIterator[Callable[[FastAPI], Any]]:
-    """`client = await started(app)`: runs the app's lifespan, waits for the models, yields an httpx client."""
-    from contextlib import AsyncExitStack
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the app's lifespan, wait for its models, and give an httpx client on the ASGI app."""
+    async with app.router.lifespan_context(app):
+        await app.state.runtime.wait_loaded(120)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
 
+
+# Every test module of this package runs on one event loop per module (pytestmark in each module), so that the
+# module-scoped `client` (one app for the tests that need no special configuration) can be shared.
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def client(tiny_models: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The shared app: tiny mnist models, n <= 8, bodies <= 4096 bytes. Tests on it compare metric deltas."""
+    app = make_app(write_registry(tiny_models), max_images_per_request=8, max_body_bytes=4096)
+    async with serving(app) as shared:
+        yield shared
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def started() -> AsyncIterator[Callable[[FastAPI], Any]]:
+    """`client = await started(app)`: a dedicated app for a test that needs its own registry or settings."""
     async with AsyncExitStack() as stack:
 
         async def start(app: FastAPI) -> httpx.AsyncClient:
-            await stack.enter_async_context(app.router.lifespan_context(app))
-            await app.state.runtime.wait_loaded(60)
-            transport = httpx.ASGITransport(app=app)
-            return await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url="http://test"))
+            return await stack.enter_async_context(serving(app))
 
         yield start
 

@@ -7,7 +7,7 @@ import pytest
 from server.settings import ServerSettings
 from tests.server.conftest import error_of, make_app
 
-pytestmark = pytest.mark.asyncio
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MNIST = {"dataset": "mnist", "n": 1, "seed": 0}
 
@@ -48,8 +48,7 @@ BAD_REQUESTS = [
 @pytest.mark.parametrize(
     ("description", "kwargs", "status", "kind", "text"), BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS]
 )
-async def test_bad_requests_get_their_4xx(registry_path, started, description, kwargs, status, kind, text):
-    client = await started(make_app(registry_path, max_images_per_request=8, max_body_bytes=4096))
+async def test_bad_requests_get_their_4xx(client, description, kwargs, status, kind, text):
     response = await client.post("/generate", **kwargs)
     assert response.status_code == status, response.text
     error = error_of(response)
@@ -74,15 +73,13 @@ async def test_streamed_oversized_body_without_length(registry_path, started):
     assert response.status_code == 413 and error_of(response)["type"] == "payload_too_large"
 
 
-async def test_unknown_route_and_method(registry_path, started):
-    client = await started(make_app(registry_path))
+async def test_unknown_route_and_method(client):
     assert error_of(await client.get("/nowhere"))["type"] == "not_found"
     response = await client.get("/generate")
     assert response.status_code == 405 and error_of(response)["type"] == "method_not_allowed"
 
 
-async def test_request_id_is_echoed_when_sane(registry_path, started):
-    client = await started(make_app(registry_path))
+async def test_request_id_is_echoed_when_sane(client):
     response = await client.get("/healthz", headers={"x-request-id": "trace-42"})
     assert response.headers["x-request-id"] == "trace-42" and "total;dur=" in response.headers["server-timing"]
     hostile = await client.get("/healthz", headers={"x-request-id": "a b\tc"})
@@ -103,10 +100,9 @@ async def test_api_key(registry_path, started):
         assert (await client.get(path)).status_code == 200
 
 
-async def test_models_listing(registry_path, started):
-    client = await started(make_app(registry_path))
+async def test_models_listing(client):
     body = (await client.get("/v1/models")).json()
-    assert body["max_images_per_request"] == 64
+    assert body["max_images_per_request"] == 8
     models = {(m["dataset"], m["sampler"]): m for m in body["models"]}
     assert set(models) == {("mnist", "ddgan"), ("mnist", "ddpm"), ("celebahq", "ddgan")}
     ddgan, ddpm, celebahq = models["mnist", "ddgan"], models["mnist", "ddpm"], models["celebahq", "ddgan"]
@@ -125,8 +121,7 @@ async def test_models_listing(registry_path, started):
     assert "not installed" in celebahq["reason"]
 
 
-async def test_health_and_readiness(registry_path, started):
-    client = await started(make_app(registry_path))
+async def test_health_and_readiness(client):
     assert (await client.get("/healthz")).json()["status"] == "ok"
     ready = await client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
@@ -167,14 +162,20 @@ async def test_missing_backend_is_a_not_ready_reason(tiny_models, started, tmp_p
     assert (await client.get("/readyz")).status_code == 503
 
 
-async def test_random_weights_are_announced(registry_path, started):
-    client = await started(make_app(registry_path, random_weights=True))
+async def test_random_weights_are_announced(tiny_models, started, tmp_path):
+    registry = tmp_path / "registry.toml"
+    registry.write_text(
+        f'[[models]]\ndataset = "mnist"\npath = "{tiny_models / "tiny-ddgan"}"\ndevice = "cpu"\n'
+        # No weights installed: --random-weights builds the architecture of the `mnist` preset.
+        '[[models]]\ndataset = "digits"\npreset = "mnist"\npath = "absent"\ndevice = "cpu"\nmax_batch_images = 2\n'
+    )
+    client = await started(make_app(registry, random_weights=True))
     response = await client.post("/generate", json=MNIST)
     assert response.json()["random_weights"] is True and response.headers["x-weights"] == "random"
-    models = {(m["dataset"], m["sampler"]): m for m in (await client.get("/v1/models")).json()["models"]}
-    assert models["mnist", "ddgan"]["weights"] == "random"
-    # celebahq has no weights, but --random-weights builds its architecture from the preset.
-    assert models["celebahq", "ddgan"]["state"] in ("ready", "warming", "loading")
+    digits = await client.post("/generate", json={"dataset": "digits", "n": 2, "seed": 0})
+    assert digits.status_code == 200 and digits.json()["width"] == 32 and digits.json()["random_weights"] is True
+    models = {m["dataset"]: m for m in (await client.get("/v1/models")).json()["models"]}
+    assert models["mnist"]["weights"] == models["digits"]["weights"] == "random"
     metrics = (await client.get("/metrics")).text
     assert 'weights="random"' in metrics and 'weights="real"' not in metrics
 

@@ -18,7 +18,7 @@ from model.images import to_uint8
 from model.sampler import load_ddgan_sampler
 from tests.server.conftest import DDPM_DEFAULT_STEPS, make_app
 
-pytestmark = pytest.mark.asyncio
+pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 
 def decode(png: bytes) -> np.ndarray:
@@ -41,8 +41,7 @@ def metric(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def test_json_response_has_pngs_seeds_and_latency(registry_path, started, tiny_models):
-    client = await started(make_app(registry_path))
+async def test_json_response_has_pngs_seeds_and_latency(client, tiny_models):
     response = await client.post("/generate", json={"dataset": "mnist", "n": 3, "seed": 7})
     assert response.status_code == 200
     body = response.json()
@@ -63,8 +62,7 @@ async def test_json_response_has_pngs_seeds_and_latency(registry_path, started, 
     assert response.headers["x-weights"] == "real"
 
 
-async def test_png_grid_and_zip(registry_path, started):
-    client = await started(make_app(registry_path))
+async def test_png_grid_and_zip(client):
     grid = await client.post("/generate", json={"dataset": "mnist", "n": 5, "seed": 1}, headers={"Accept": "image/png"})
     assert grid.status_code == 200 and grid.headers["content-type"] == "image/png"
     columns, rows, padding = math.ceil(math.sqrt(5)), 2, 2
@@ -89,8 +87,7 @@ async def test_png_grid_and_zip(registry_path, started):
             np.testing.assert_array_equal(decode(zipped.read(name)), image)
 
 
-async def test_accept_wildcards_and_quality(registry_path, started):
-    client = await started(make_app(registry_path))
+async def test_accept_wildcards_and_quality(client):
     body = {"dataset": "mnist", "n": 1, "seed": 0}
     for accept, media in [
         ("*/*", "application/json"),
@@ -145,16 +142,14 @@ async def test_large_request_spans_batches(tiny_models, started):
     np.testing.assert_array_equal(json_images(response.json())[8], json_images(single.json())[0])
 
 
-async def test_absent_seed_is_random_and_returned(registry_path, started):
-    client = await started(make_app(registry_path))
+async def test_absent_seed_is_random_and_returned(client):
     first = (await client.post("/generate", json={"dataset": "mnist", "n": 2})).json()
     assert isinstance(first["seed"], int) and first["seeds"] == [first["seed"], first["seed"] + 1]
     again = (await client.post("/generate", json={"dataset": "mnist", "n": 2, "seed": first["seed"]})).json()
     assert again["images"] == first["images"]
 
 
-async def test_ddpm_baseline_default_and_explicit_steps(registry_path, started):
-    client = await started(make_app(registry_path))
+async def test_ddpm_baseline_default_and_explicit_steps(client):
     default = await client.post("/generate", json={"dataset": "mnist", "sampler": "ddpm", "n": 2, "seed": 3})
     assert default.status_code == 200
     assert default.json()["steps"] == DDPM_DEFAULT_STEPS and default.json()["sampler"] == "ddpm"
@@ -167,8 +162,7 @@ async def test_ddpm_baseline_default_and_explicit_steps(registry_path, started):
     assert repeat.json()["images"][0] == explicit.json()["images"][1]  # seed 4 alone == seed 4 of the pair
 
 
-async def test_metrics_move_with_requests(registry_path, started):
-    client = await started(make_app(registry_path))
+async def test_metrics_move_with_requests(client):
     before = (await client.get("/metrics")).text
     assert metric(before, "ddgan_model_info", model="mnist", sampler="ddgan", backend="torch", device="cpu",
                   weights="real") == 1  # fmt: skip
@@ -177,20 +171,19 @@ async def test_metrics_move_with_requests(registry_path, started):
     await client.post("/generate", json={"dataset": "nope", "n": 1})
     after = (await client.get("/metrics")).text
     ddgan, ddpm = {"model": "mnist", "sampler": "ddgan"}, {"model": "mnist", "sampler": "ddpm"}
-    assert (
-        metric(after, "ddgan_images_generated_total", **ddgan) - metric(before, "ddgan_images_generated_total", **ddgan)
-        == 3
-    )
-    assert (
-        metric(after, "ddgan_images_generated_total", **ddpm) - metric(before, "ddgan_images_generated_total", **ddpm)
-        == 2
-    )
-    assert metric(after, "ddgan_requests_total", status="200", **ddgan) == 1
-    assert metric(after, "ddgan_requests_total", model="unknown", sampler="unknown", status="404") == 1
-    assert metric(after, "ddgan_request_latency_seconds_count", status="200", **ddpm) == 1
-    assert metric(after, "ddgan_request_latency_seconds_bucket", le="300.0", status="200", **ddpm) == 1
-    assert metric(after, "ddgan_queue_wait_seconds_count", **ddgan) == 1
-    assert metric(after, "ddgan_png_encode_seconds_count", **ddpm) == 1
-    assert metric(after, "ddgan_batch_inference_seconds_count", **ddgan) >= 1
+
+    def moved(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert moved("ddgan_images_generated_total", **ddgan) == 3
+    assert moved("ddgan_images_generated_total", **ddpm) == 2
+    assert moved("ddgan_requests_total", status="200", **ddgan) == 1
+    assert moved("ddgan_requests_total", model="unknown", sampler="unknown", status="404") == 1
+    assert moved("ddgan_request_latency_seconds_count", status="200", **ddpm) == 1
+    assert moved("ddgan_request_latency_seconds_bucket", le="300.0", status="200", **ddpm) == 1
+    assert moved("ddgan_queue_wait_seconds_count", **ddgan) == 1
+    assert moved("ddgan_png_encode_seconds_count", **ddpm) == 1
+    assert moved("ddgan_batch_inference_seconds_count", **ddgan) >= 1
+    assert moved("ddgan_batch_size_images_sum", **ddgan) == 3
     assert metric(after, "ddgan_requests_in_flight", **ddgan) == 0
     assert metric(after, "ddgan_queued_images", **ddgan) == 0

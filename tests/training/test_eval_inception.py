@@ -84,6 +84,7 @@ def test_missing_weights_error_names_the_file(tmp_path):
         load_inception(tmp_path / "nope.pth")
 
 
+@pytest.mark.slow
 def test_weights_load_from_pth_and_safetensors(net, tmp_path):
     state = {k: v.clone() for k, v in net.state_dict().items()}
     torch.save({**state, "AuxLogits.fc.weight": torch.zeros(1000, 768)}, tmp_path / "w.pth")  # aux head ignored

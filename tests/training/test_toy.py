@@ -149,6 +149,7 @@ def test_siddm_afd_term_changes_the_generator_update():
     assert not torch.allclose(g_after_one_step(0.0), g_after_one_step(1.0))
 
 
+@pytest.mark.slow
 def test_sweep_is_resumable_and_tabulated(tmp_path):
     out = tmp_path / "toy.json"
     tiny = dict(iterations=1, batch_size=8, num_train_points=64, num_eval_samples=30, hidden=8)

@@ -1,0 +1,285 @@
+"""`ddgan bench serve`: load-test the HTTP server and compare it with its own raw sampler, in one run.
+
+An async httpx load generator runs closed-loop clients over a concurrency sweep and reports p50/p95/p99
+latency and images/s; the same model's raw sampler is timed in-process at batch 1 and at the server's batch size;
+serial single-image requests are compared with batched ones; DDGAN and DDPM per-request latency are compared for
+the same dataset. `--spawn` starts `ddgan serve` itself on a free loopback port (with a registry reduced to the
+benchmarked dataset); `--url` targets a running server (the raw-sampler rows then need `--registry`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class LevelResult:
+    label: str
+    concurrency: int
+    n: int
+    requests: int
+    errors: dict[str, int]
+    seconds: float
+    images_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("serve", help="load-test `ddgan serve` against its raw sampler (docs/benchmarks.md)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8000")
+    target.add_argument("--spawn", action="store_true", help="start `ddgan serve` on a free loopback port")
+    parser.add_argument("--registry", type=Path, default=REPO / "models" / "registry.toml")
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--random-weights", action="store_true", help="spawned server and raw sampler: random weights")
+    parser.add_argument("--concurrency", default="1,2,4,8,16,32", help="comma-separated sweep")
+    parser.add_argument("--n", type=int, default=1, help="images per request in the sweep")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per sweep level")
+    parser.add_argument("--ddpm-steps", type=int, help="DDPM steps for the DDGAN-vs-DDPM rows (default: its default)")
+    parser.add_argument("--ddpm-requests", type=int, default=5, help="sequential requests per sampler for that row")
+    parser.add_argument("--torch-threads", type=int, help="torch threads for the spawned server and the raw sampler")
+    parser.add_argument("--json", type=Path, help="also write all results as JSON")
+    parser.set_defaults(handler=run)
+
+
+# ----- the server -----
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def reduced_registry(registry: Path, dataset: str, out: Path) -> Path:
+    """The registry's entries for one dataset, with absolute paths, so the spawned server loads nothing else."""
+    from server.registry import load_registry
+
+    entries = [m for m in load_registry(registry).models if m.dataset == dataset]
+    if not entries:
+        raise SystemExit(f"{registry} has no model for dataset {dataset!r}")
+    lines = []
+    for entry in entries:
+        data = entry.model_dump(exclude_none=True)
+        data["path"] = str(entry.path)
+        lines.append("[[models]]")
+        lines += [f"{key} = {json.dumps(list(v) if isinstance(v, tuple) else v)}" for key, v in data.items()]
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+@contextlib.contextmanager
+def spawned_server(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
+    port = free_port()
+    registry = reduced_registry(args.registry, args.dataset, workdir / "registry.toml")
+    command = [sys.executable, str(REPO / "ddgan.py"), "serve", "--registry", str(registry), "--port", str(port)]
+    if args.random_weights:
+        command.append("--random-weights")
+    if args.torch_threads:
+        command += ["--torch-threads", str(args.torch_threads)]
+    log = workdir / "server.log"
+    process = subprocess.Popen(command, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+    give_up = time.monotonic() + 600
+    while time.monotonic() < give_up:
+        if process is not None and process.poll() is not None:
+            raise SystemExit(f"server exited with {process.returncode}:\n{log.read_text() if log else ''}")
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                return
+        time.sleep(0.5)
+    raise SystemExit(f"{url} not ready after 600 s")
+
+
+# ----- load generation -----
+def percentiles(latencies: list[float]) -> tuple[float, float, float]:
+    if not latencies:
+        return (float("nan"), float("nan"), float("nan"))
+    p50, p95, p99 = np.percentile(np.asarray(latencies) * 1000, [50, 95, 99])
+    return float(p50), float(p95), float(p99)
+
+
+async def closed_loop(
+    url: str, body: dict[str, Any], concurrency: int, duration: float | None, requests: int | None, label: str
+) -> LevelResult:
+    """`concurrency` clients each send a request as soon as their previous one answered."""
+    latencies: list[float] = []
+    statuses: Counter[str] = Counter()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+        started = time.perf_counter()
+        stop_at = started + duration if duration else float("inf")
+        budget = [requests if requests is not None else -1]
+
+        async def client_loop() -> None:
+            while time.perf_counter() < stop_at and budget[0] != 0:
+                budget[0] -= 1
+                payload = {**body, "seed": random.randrange(2**31)}
+                sent = time.perf_counter()
+                response = await client.post("/generate", json=payload)
+                if response.status_code == 200:
+                    latencies.append(time.perf_counter() - sent)
+                else:
+                    statuses[str(response.status_code)] += 1
+
+        await asyncio.gather(*(client_loop() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+    p50, p95, p99 = percentiles(latencies)
+    n = int(body.get("n", 1))
+    return LevelResult(
+        label, concurrency, n, len(latencies), dict(statuses), seconds, len(latencies) * n / seconds, p50, p95, p99
+    )
+
+
+# ----- the raw sampler -----
+def raw_sampler_rates(registry: Path, dataset: str, random_weights: bool, batch_sizes: list[int]) -> dict[int, float]:
+    """Images/s of `sampler.sample` in this process (no HTTP, no PNG), per batch size."""
+    from server.loader import load_entry
+    from server.registry import load_registry
+
+    entry = load_registry(registry).get(dataset, "ddgan")
+    if entry is None:
+        raise SystemExit(f"{registry} has no ddgan model for {dataset!r}")
+    sampler = load_entry(entry, random_weights=random_weights).sampler
+    rates = {}
+    for batch in batch_sizes:
+        sampler.sample(list(range(batch)))  # warm-up
+        done, started = 0, time.perf_counter()
+        while time.perf_counter() - started < 3.0 or done < 3 * batch:
+            sampler.sample([random.randrange(2**31) for _ in range(batch)])
+            done += batch
+        rates[batch] = done / (time.perf_counter() - started)
+    return rates
+
+
+def model_info(url: str, dataset: str) -> dict[str, dict[str, Any]]:
+    models = httpx.get(url + "/v1/models", timeout=30).json()["models"]
+    return {m["sampler"]: m for m in models if m["dataset"] == dataset and m["ready"]}
+
+
+# ----- report -----
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def table(rows: list[LevelResult]) -> str:
+    lines = [
+        "| run | concurrency | n | requests | images/s | p50 ms | p95 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        errors = ", ".join(f"{k}: {v}" for k, v in r.errors.items()) or "-"
+        lines.append(
+            f"| {r.label} | {r.concurrency} | {r.n} | {r.requests} | {r.images_per_s:.1f} | {r.p50_ms:.1f} | "
+            f"{r.p95_ms:.1f} | {r.p99_ms:.1f} | {errors} |"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    with tempfile.TemporaryDirectory() as workdir:
+        context = spawned_server(args, Path(workdir)) if args.spawn else contextlib.nullcontext(args.url)
+        with context as url:
+            wait_ready(url)
+            return report(args, url, levels)
+
+
+def report(args: argparse.Namespace, url: str, levels: list[int]) -> int:
+    models = model_info(url, args.dataset)
+    if "ddgan" not in models:
+        raise SystemExit(f"{url} serves no ready ddgan model for {args.dataset!r}")
+    max_batch = int(models["ddgan"]["max_batch_images"])
+    body = {"dataset": args.dataset, "n": args.n}
+    print(f"# ddgan bench serve: {args.dataset}, {models['ddgan']['weights']} weights, max_batch_images={max_batch}")
+    print(f"machine: {machine()}\n")
+
+    sweep = [asyncio.run(closed_loop(url, body, c, args.duration, None, "sweep")) for c in levels]
+    print(table(sweep) + "\n")
+    serial = asyncio.run(closed_loop(url, {**body, "n": 1}, 1, args.duration, None, "serial n=1"))
+    batched_n = asyncio.run(closed_loop(url, {**body, "n": max_batch}, 1, args.duration, None, f"one n={max_batch}"))
+    saturated = max(sweep, key=lambda r: r.images_per_s)
+
+    raw = raw_sampler_rates(args.registry, args.dataset, args.random_weights, sorted({1, max_batch}))
+    print("| raw sampler (in-process, no HTTP/PNG) | batch | images/s |\n|---|---:|---:|")
+    for batch, rate in raw.items():
+        print(f"| sampler.sample | {batch} | {rate:.1f} |")
+    summary = {
+        "server_saturated_images_per_s": saturated.images_per_s,
+        "raw_images_per_s_at_max_batch": raw[max_batch],
+        "server_over_raw": saturated.images_per_s / raw[max_batch],
+        "batched_over_serial": saturated.images_per_s / serial.images_per_s,
+        "raw_batch_scaling": raw[max_batch] / raw[1],
+    }
+    print(
+        f"\nserver at saturation (concurrency {saturated.concurrency}): {saturated.images_per_s:.1f} images/s = "
+        f"{summary['server_over_raw']:.0%} of the raw sampler at batch {max_batch} ({raw[max_batch]:.1f} images/s)\n"
+        f"batched vs serial single-image requests: {summary['batched_over_serial']:.2f}x "
+        f"(the raw sampler's batch-{max_batch}/batch-1 scaling allows {summary['raw_batch_scaling']:.2f}x)\n"
+    )
+
+    comparison = [serial, batched_n]
+    if "ddpm" in models:
+        ddpm_body: dict[str, Any] = {"dataset": args.dataset, "sampler": "ddpm", "n": 1}
+        if args.ddpm_steps:
+            ddpm_body["steps"] = args.ddpm_steps
+        steps = args.ddpm_steps or models["ddpm"]["steps"]
+        ddgan_row = asyncio.run(closed_loop(url, {**body, "n": 1}, 1, None, args.ddpm_requests, "ddgan n=1"))
+        ddgan_row.label = f"ddgan ({models['ddgan']['steps']} steps) n=1"
+        ddpm_row = asyncio.run(closed_loop(url, ddpm_body, 1, None, args.ddpm_requests, "ddpm"))
+        ddpm_row.label = f"ddpm ({steps} steps) n=1"
+        comparison += [ddgan_row, ddpm_row]
+        summary["ddpm_over_ddgan_p50"] = ddpm_row.p50_ms / ddgan_row.p50_ms
+        print(table(comparison) + "\n")
+        print(f"DDPM / DDGAN per-request p50 latency: {summary['ddpm_over_ddgan_p50']:.0f}x")
+    else:
+        print(table(comparison) + "\n\n(no ready ddpm model for this dataset: DDGAN vs DDPM skipped)")
+    if args.json:
+        rows = [asdict(r) for r in sweep + comparison]
+        args.json.write_text(json.dumps({"machine": machine(), "rows": rows, "raw": raw, "summary": summary}, indent=2))
+    return 0
