@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import platform
 import random
@@ -165,8 +166,11 @@ async def closed_loop(
 
 
 # ----- the raw sampler -----
-def raw_sampler_rates(registry: Path, dataset: str, random_weights: bool, batch_sizes: list[int]) -> dict[int, float]:
-    """Images/s of `sampler.sample` in this process (no HTTP, no PNG), per batch size."""
+def raw_sampler_rates(
+    registry: Path, dataset: str, random_weights: bool, batch_sizes: list[int]
+) -> tuple[dict[int, float], np.ndarray]:
+    """Images/s of `sampler.sample` in this process (no HTTP, no PNG) per batch size, and a batch of its images."""
+    from model.images import to_uint8
     from server.loader import load_entry
     from server.registry import load_registry
 
@@ -182,6 +186,23 @@ def raw_sampler_rates(registry: Path, dataset: str, random_weights: bool, batch_
             sampler.sample([random.randrange(2**31) for _ in range(batch)])
             done += batch
         rates[batch] = done / (time.perf_counter() - started)
+    return rates, to_uint8(sampler.sample(list(range(max(batch_sizes)))))
+
+
+def png_pool_rates(images: np.ndarray, workers: list[int], count: int = 512) -> dict[int, float]:
+    """PNG images/s of the server's encoder on 1..k pool threads (PIL releases the GIL inside zlib)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from server.encoding import encode_pngs
+
+    batch = np.concatenate([images] * (count // len(images) + 1))[:count]
+    rates = {}
+    for threads in workers:
+        with ThreadPoolExecutor(threads) as pool:
+            asyncio.run(encode_pngs(batch[:threads], pool, threads, 1))
+            started = time.perf_counter()
+            asyncio.run(encode_pngs(batch, pool, threads, 1))
+            rates[threads] = count / (time.perf_counter() - started)
     return rates
 
 
@@ -218,6 +239,7 @@ def table(rows: list[LevelResult]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown the report
     if args.torch_threads:
         import torch
 
@@ -245,10 +267,14 @@ def report(args: argparse.Namespace, url: str, levels: list[int]) -> int:
     batched_n = asyncio.run(closed_loop(url, {**body, "n": max_batch}, 1, args.duration, None, f"one n={max_batch}"))
     saturated = max(sweep, key=lambda r: r.images_per_s)
 
-    raw = raw_sampler_rates(args.registry, args.dataset, args.random_weights, sorted({1, max_batch}))
+    raw, images = raw_sampler_rates(args.registry, args.dataset, args.random_weights, sorted({1, max_batch}))
     print("| raw sampler (in-process, no HTTP/PNG) | batch | images/s |\n|---|---:|---:|")
     for batch, rate in raw.items():
         print(f"| sampler.sample | {batch} | {rate:.1f} |")
+    png = png_pool_rates(images, [1, 2, 4])
+    print("\n| PNG encoding (server encoder, level 1) | pool threads | images/s |\n|---|---:|---:|")
+    for threads, rate in png.items():
+        print(f"| encode_pngs {images.shape[1]}x{images.shape[2]}x{images.shape[3]} | {threads} | {rate:.0f} |")
     summary = {
         "server_saturated_images_per_s": saturated.images_per_s,
         "raw_images_per_s_at_max_batch": raw[max_batch],
@@ -281,5 +307,7 @@ def report(args: argparse.Namespace, url: str, levels: list[int]) -> int:
         print(table(comparison) + "\n\n(no ready ddpm model for this dataset: DDGAN vs DDPM skipped)")
     if args.json:
         rows = [asdict(r) for r in sweep + comparison]
-        args.json.write_text(json.dumps({"machine": machine(), "rows": rows, "raw": raw, "summary": summary}, indent=2))
+        args.json.write_text(
+            json.dumps({"machine": machine(), "rows": rows, "raw": raw, "png": png, "summary": summary}, indent=2)
+        )
     return 0
