@@ -73,6 +73,12 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def toml_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
 def reduced_registry(registry: Path, dataset: str, out: Path) -> Path:
     """The registry's entries for one dataset, with absolute paths, so the spawned server loads nothing else."""
     from server.registry import load_registry
@@ -85,7 +91,7 @@ def reduced_registry(registry: Path, dataset: str, out: Path) -> Path:
         data = entry.model_dump(exclude_none=True)
         data["path"] = str(entry.path)
         lines.append("[[models]]")
-        lines += [f"{key} = {json.dumps(list(v) if isinstance(v, tuple) else v)}" for key, v in data.items()]
+        lines += [f"{key} = {toml_value(value)}" for key, value in data.items()]
     out.write_text("\n".join(lines) + "\n")
     return out
 
@@ -166,27 +172,28 @@ async def closed_loop(
 
 
 # ----- the raw sampler -----
-def raw_sampler_rates(
-    registry: Path, dataset: str, random_weights: bool, batch_sizes: list[int]
-) -> tuple[dict[int, float], np.ndarray]:
-    """Images/s of `sampler.sample` in this process (no HTTP, no PNG) per batch size, and a batch of its images."""
-    from model.images import to_uint8
+def load_raw_sampler(registry: Path, dataset: str, random_weights: bool) -> Any:
+    """The server's own DDGAN sampler for `dataset`, loaded in this process (no HTTP, no PNG)."""
     from server.loader import load_entry
     from server.registry import load_registry
 
     entry = load_registry(registry).get(dataset, "ddgan")
     if entry is None:
         raise SystemExit(f"{registry} has no ddgan model for {dataset!r}")
-    sampler = load_entry(entry, random_weights=random_weights).sampler
+    return load_entry(entry, random_weights=random_weights).sampler
+
+
+def raw_sampler_rates(sampler: Any, batch_sizes: list[int], seconds: float = 3.0) -> dict[int, float]:
+    """Images/s of `sampler.sample` per batch size (at least `seconds` and 3 batches each)."""
     rates = {}
     for batch in batch_sizes:
         sampler.sample(list(range(batch)))  # warm-up
         done, started = 0, time.perf_counter()
-        while time.perf_counter() - started < 3.0 or done < 3 * batch:
+        while time.perf_counter() - started < seconds or done < 3 * batch:
             sampler.sample([random.randrange(2**31) for _ in range(batch)])
             done += batch
         rates[batch] = done / (time.perf_counter() - started)
-    return rates, to_uint8(sampler.sample(list(range(max(batch_sizes)))))
+    return rates
 
 
 def png_pool_rates(images: np.ndarray, workers: list[int], count: int = 512) -> dict[int, float]:
@@ -261,16 +268,26 @@ def report(args: argparse.Namespace, url: str, levels: list[int]) -> int:
     print(f"# ddgan bench serve: {args.dataset}, {models['ddgan']['weights']} weights, max_batch_images={max_batch}")
     print(f"machine: {machine()}\n")
 
+    # The raw sampler runs before and after the HTTP runs: on a shared machine the mean of both is the fair base.
+    from model.images import to_uint8
+
+    sampler = load_raw_sampler(args.registry, args.dataset, args.random_weights)
+    batches = sorted({1, max_batch})
+    raw_before = raw_sampler_rates(sampler, batches)
     sweep = [asyncio.run(closed_loop(url, body, c, args.duration, None, "sweep")) for c in levels]
     print(table(sweep) + "\n")
     serial = asyncio.run(closed_loop(url, {**body, "n": 1}, 1, args.duration, None, "serial n=1"))
     batched_n = asyncio.run(closed_loop(url, {**body, "n": max_batch}, 1, args.duration, None, f"one n={max_batch}"))
     saturated = max(sweep, key=lambda r: r.images_per_s)
+    raw_after = raw_sampler_rates(sampler, batches)
+    raw = {b: (raw_before[b] + raw_after[b]) / 2 for b in batches}
 
-    raw, images = raw_sampler_rates(args.registry, args.dataset, args.random_weights, sorted({1, max_batch}))
-    print("| raw sampler (in-process, no HTTP/PNG) | batch | images/s |\n|---|---:|---:|")
-    for batch, rate in raw.items():
-        print(f"| sampler.sample | {batch} | {rate:.1f} |")
+    print(
+        "| raw sampler (in-process, no HTTP/PNG) | batch | images/s before | after | mean |\n|---|---:|---:|---:|---:|"
+    )
+    for batch in batches:
+        print(f"| sampler.sample | {batch} | {raw_before[batch]:.1f} | {raw_after[batch]:.1f} | {raw[batch]:.1f} |")
+    images = to_uint8(sampler.sample(list(range(max_batch))))
     png = png_pool_rates(images, [1, 2, 4])
     print("\n| PNG encoding (server encoder, level 1) | pool threads | images/s |\n|---|---:|---:|")
     for threads, rate in png.items():
@@ -306,8 +323,7 @@ def report(args: argparse.Namespace, url: str, levels: list[int]) -> int:
     else:
         print(table(comparison) + "\n\n(no ready ddpm model for this dataset: DDGAN vs DDPM skipped)")
     if args.json:
-        rows = [asdict(r) for r in sweep + comparison]
-        args.json.write_text(
-            json.dumps({"machine": machine(), "rows": rows, "raw": raw, "png": png, "summary": summary}, indent=2)
-        )
+        results: dict[str, Any] = {"machine": machine(), "rows": [asdict(r) for r in sweep + comparison]}
+        results.update(summary=summary, raw=raw, raw_before=raw_before, raw_after=raw_after, png=png)
+        args.json.write_text(json.dumps(results, indent=2))
     return 0

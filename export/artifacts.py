@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def file_sha256(path: str | Path) -> str:
 
 
 def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def _check_precision(precision: str) -> None:
@@ -133,11 +134,17 @@ class EngineMetadata:
     format_version: int = FORMAT_VERSION
 
 
+def make_readable(path: Path) -> None:
+    """Temporary files are created 0600; an installed artifact is read by servers running as other users."""
+    os.chmod(path, 0o644)
+
+
 def write_metadata(artifact: str | Path, metadata: OnnxMetadata | EngineMetadata) -> Path:
     """Write `artifact.json` atomically."""
     path = metadata_path(artifact)
     text = json.dumps(dataclasses.asdict(metadata), indent=2, sort_keys=True) + "\n"
     atomic_write_bytes(path, text.encode())
+    make_readable(path)
     return path
 
 

@@ -33,6 +33,7 @@ from export.artifacts import (
     OnnxMetadata,
     Verification,
     file_sha256,
+    make_readable,
     write_metadata,
 )
 from export.ort_backend import ort_session
@@ -239,6 +240,7 @@ def export_onnx(
             verification=Verification("onnxruntime CPUExecutionProvider", tuple(verify_batches), error, tolerance),
             versions=tool_versions(),
         )
+        make_readable(tmp)
         os.replace(tmp, output)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -93,6 +93,13 @@ def _not_installed(entry: ModelEntry) -> str:
     return f"weights for {entry.name} are not installed at {entry.path}; install them with: {entry.install_hint()}"
 
 
+def weights_present(entry: ModelEntry) -> bool:
+    """A cheap look at the filesystem (no imports): are this entry's weights there at all?"""
+    if entry.sampler == "ddpm":
+        return (entry.path / "unet" / "config.json").is_file() or (entry.path / "config.json").is_file()
+    return _ddgan_installed(entry.path)
+
+
 def _ddgan_installed(path: Path) -> bool:
     return (path / "config.json").is_file() and (path / "generator.safetensors").is_file()
 
@@ -114,7 +121,7 @@ def _load_ddgan(entry: ModelEntry, backend: str, device: str, dtype: torch.dtype
         return random_weights_sampler(config, device, dtype)
     if not _ddgan_installed(entry.path):
         raise ModelNotInstalledError(_not_installed(entry))
-    if backend == "torch":
+    if backend == "torch" and not entry.backend_options:
         try:
             return load_ddgan_sampler(entry.path, device, dtype)
         except (CheckpointError, ConfigError, RuntimeError) as exc:
@@ -124,7 +131,7 @@ def _load_ddgan(entry: ModelEntry, backend: str, device: str, dtype: torch.dtype
     except ImportError as exc:
         raise ModelLoadError(f"backend {backend!r} needs export.backends, which cannot be imported: {exc}") from exc
     try:
-        return backends.load_sampler(entry.path, backend=backend, device=device, dtype=dtype)
+        return backends.load_sampler(entry.path, backend=backend, device=device, dtype=dtype, **entry.backend_options)
     except Exception as exc:  # backends raise their own types (missing artifact, stale engine, no TensorRT)
         raise ModelLoadError(f"backend {backend!r} unavailable for {entry.path}: {exc}") from exc
 

@@ -6,6 +6,7 @@ dataset = "mnist"          # the name clients send; looked up here, never used a
 sampler = "ddgan"          # or "ddpm" (the baseline of the same dataset)
 path = "mnist"             # model directory, relative to this file
 backend = "torch"          # ddgan: torch, torch-compile, onnxruntime, tensorrt (export.backends)
+backend_options = {}       # e.g. { cuda_graphs = true } or { compile_mode = "max-autotune" }
 device = "auto"            # auto (cuda if present), cpu, cuda, cuda:1 ...
 dtype = "float32"
 max_batch_images = 16      # images per batch
@@ -44,6 +45,9 @@ class ModelEntry(BaseModel):
         "or a model.ddpm UNET_ARCHITECTURES name (ddpm); default: the dataset name",
     )
     backend: str = "torch"
+    backend_options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="keyword options of export.backends.load_sampler, e.g. cuda_graphs = true"
+    )
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     max_batch_images: int = Field(default=16, ge=1, le=1024)
@@ -60,8 +64,8 @@ class ModelEntry(BaseModel):
     def _consistent(self) -> ModelEntry:
         if self.sampler == "ddgan" and self.default_steps is not None:
             raise ValueError("default_steps applies to sampler 'ddpm' only (a DDGAN's steps are its trained T)")
-        if self.sampler == "ddpm" and self.backend != "torch":
-            raise ValueError("backend: the ddpm baseline runs on 'torch' only")
+        if self.sampler == "ddpm" and (self.backend != "torch" or self.backend_options):
+            raise ValueError("backend: the ddpm baseline runs on plain 'torch' only (no backend_options)")
         if self.default_steps is not None and self.default_steps > self.max_steps:
             raise ValueError(f"default_steps ({self.default_steps}) exceeds max_steps ({self.max_steps})")
         if self.max_queue_images < self.max_batch_images:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from server.batching import BatchQueue
-from server.loader import LoadedModel, ModelNotInstalledError, ModelUnavailableError, load_entry
+from server.loader import LoadedModel, ModelNotInstalledError, ModelUnavailableError, load_entry, weights_present
 from server.metrics import ServerMetrics
 from server.registry import ModelEntry, Registry
 from server.settings import ServerSettings
@@ -120,6 +120,13 @@ class Runtime:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         self.accepting = True
+        # Missing weights are known at once (404 with the install command), not after the others have loaded.
+        if not self.settings.random_weights:
+            for served in self.models.values():
+                if not weights_present(served.entry):
+                    reason = f"weights for {served.entry.name} are not installed at {served.entry.path}; "
+                    served.state = ModelState.NOT_INSTALLED
+                    served.reason = reason + f"install them with: {served.entry.install_hint()}"
         self._loader = asyncio.create_task(asyncio.to_thread(self._load_all), name="load-models")
 
     async def wait_loaded(self, timeout_s: float | None = None) -> None:
@@ -158,6 +165,8 @@ class Runtime:
     # ----- loading (background thread) -----
     def _load_all(self) -> None:
         for served in self.models.values():
+            if served.state is ModelState.NOT_INSTALLED:
+                continue
             if self._stopping:
                 served.state, served.reason = ModelState.FAILED, "server shut down before the model loaded"
                 continue

@@ -26,10 +26,12 @@ from model.images import encode_png, make_grid, to_uint8
 from training.data import DATASET_KINDS, DataError, build_dataset
 from training.ddpm_trainer import (
     CHECKPOINT_FILE,
+    DDPM_PRESETS,
     DDPMTrainConfig,
     DDPMTrainer,
     build_scheduler,
     load_config_from_checkpoint,
+    preset_config,
     stream_for,
 )
 
@@ -42,7 +44,6 @@ def _int_tuple(text: str) -> tuple[int, ...]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    defaults = DDPMTrainConfig()
     p = subparsers.add_parser(
         "train-ddpm",
         help="train the DDPM baseline U-Net (diffusers format) on a dataset",
@@ -50,27 +51,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the run's model/ directory is loadable by the server's DDPM sampler.",
     )
     p.add_argument("--data", required=True, help="dataset path: .npz, image folder, CIFAR-10 batches or LMDB folder")
-    p.add_argument("--dataset", default="auto", choices=DATASET_KINDS, help="data format (default: detect)")
     p.add_argument("--out", required=True, type=Path, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--name", default=defaults.dataset_name, help="dataset name recorded in ddpm.json (server label)")
-    p.add_argument("--image-size", type=int, default=defaults.image_size)
-    p.add_argument("--channels", type=int, default=defaults.channels, choices=(1, 3))
-    p.add_argument("--block-channels", type=_int_tuple, default=defaults.block_out_channels, help='e.g. "32,64,64"')
-    p.add_argument("--layers-per-block", type=int, default=defaults.layers_per_block)
-    p.add_argument("--attention-levels", type=_int_tuple, default=defaults.attention_levels, help='e.g. "1"')
-    p.add_argument("--dropout", type=float, default=defaults.dropout)
-    p.add_argument(
-        "--steps", type=int, default=None, help=f"total optimiser steps of the run (default {defaults.steps})"
-    )
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--lr", type=float, default=defaults.lr)
-    p.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
-    p.add_argument("--ema-decay", type=float, default=defaults.ema_decay)
-    p.add_argument("--hflip", action="store_true", help="random horizontal flips (not for digits)")
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--preset", default="mnist", choices=sorted(DDPM_PRESETS), help="recipe (default: mnist)")
+    g = p.add_argument_group("recipe overrides (default: the preset's value)")
+    g.add_argument("--dataset", choices=DATASET_KINDS, help="data format (default: detect)")
+    g.add_argument("--name", help="dataset name recorded in ddpm.json (the server's model label)")
+    g.add_argument("--image-size", type=int)
+    g.add_argument("--channels", type=int, choices=(1, 3))
+    g.add_argument("--block-channels", type=_int_tuple, help='U-Net widths per level, e.g. "16,32,64"')
+    g.add_argument("--layers-per-block", type=int)
+    g.add_argument("--attention-levels", type=_int_tuple, help='levels with self-attention, e.g. "1"')
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--steps", type=int, help="total optimiser steps of the run (may grow on --resume)")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--warmup-steps", type=int)
+    g.add_argument("--ema-decay", type=float)
+    g.add_argument("--hflip", action=argparse.BooleanOptionalAction, help="random horizontal flips")
+    g.add_argument("--seed", type=int)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--num-workers", type=int, default=0, help="decoding workers for folder/LMDB data")
+    p.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads); 1 is fastest on a busy machine")
     p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="also checkpoint after this much time")
     p.add_argument("--sample-every", type=int, default=2000, help="steps between sample grids (0: only at the end)")
@@ -80,24 +82,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_train_ddpm)
 
 
+_RECIPE_FLAGS = (
+    "dataset", "name", "image_size", "channels", "block_channels", "layers_per_block", "attention_levels",
+    "dropout", "batch_size", "lr", "warmup_steps", "ema_decay", "hflip", "seed",
+)  # fmt: skip
+
+
 def _config_from_args(args: argparse.Namespace) -> DDPMTrainConfig:
-    return DDPMTrainConfig(
+    return preset_config(
+        args.preset,
         dataset_kind=args.dataset,
+        dataset_name=args.name,
         image_size=args.image_size,
         channels=args.channels,
-        block_out_channels=tuple(args.block_channels),
+        block_out_channels=args.block_channels,
         layers_per_block=args.layers_per_block,
-        attention_levels=tuple(args.attention_levels),
+        attention_levels=args.attention_levels,
         dropout=args.dropout,
+        steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_steps=args.warmup_steps,
         ema_decay=args.ema_decay,
         hflip=args.hflip,
         seed=args.seed,
-        steps=args.steps or DDPMTrainConfig.steps,
         data_source=str(args.data),
-        dataset_name=args.name,
     )
 
 
@@ -135,6 +144,9 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     checkpoint = out / CHECKPOINT_FILE
     try:
         if args.resume:
+            fixed = [dest for dest in _RECIPE_FLAGS if getattr(args, dest) is not None]
+            if fixed:
+                raise CheckpointError(f"--resume keeps the run's recipe; only --steps may change (got {fixed})")
             config = load_config_from_checkpoint(checkpoint)
             config.steps = args.steps or config.steps
         else:
@@ -151,6 +163,8 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return 2
     config.data_source = str(args.data)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     trainer = DDPMTrainer(config, device=args.device)
     extra: dict[str, Any] = {"elapsed_s": 0.0}

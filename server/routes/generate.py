@@ -21,7 +21,7 @@ from server.batching import (
     QueueClosedError,
     QueueFullError,
 )
-from server.dependencies import ApiKey, MetricsDep, RuntimeDep, SettingsDep
+from server.dependencies import ApiKey, MetricsDep, RuntimeDep
 from server.encoding import JSON, PNG, ZIP, build_zip, encode_grid, encode_pngs, negotiate
 from server.errors import APIError
 from server.metrics import UNKNOWN
@@ -63,9 +63,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     dependencies=[ApiKey, Depends(require_json_body)],
     summary="Generate n images of a dataset from a seed",
 )
-async def generate(
-    body: GenerateRequest, request: Request, runtime: RuntimeDep, settings: SettingsDep, metrics: MetricsDep
-) -> Response:
+async def generate(body: GenerateRequest, request: Request, runtime: RuntimeDep, metrics: MetricsDep) -> Response:
     started = time.perf_counter()
     labels = (UNKNOWN, UNKNOWN)
     status = 200

@@ -65,7 +65,7 @@ def test_duplicates_missing_file_and_bad_toml(tmp_path):
 
 
 def test_ddpm_runs_on_torch_only(tmp_path):
-    with pytest.raises(RegistryError, match="ddpm baseline runs on 'torch' only"):
+    with pytest.raises(RegistryError, match="ddpm baseline runs on plain 'torch' only"):
         load_registry(write(tmp_path, MINIMAL + 'sampler = "ddpm"\nbackend = "onnxruntime"\n'))
 
 

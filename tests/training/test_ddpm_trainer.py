@@ -14,7 +14,14 @@ from model.checkpoint import CheckpointError
 from model.ddpm import load_ddpm_sampler
 from training import ddpm_cli
 from training.data import ArrayImageDataset
-from training.ddpm_trainer import CHECKPOINT_FILE, DDPMTrainConfig, DDPMTrainer, read_checkpoint, stream_for
+from training.ddpm_trainer import (
+    CHECKPOINT_FILE,
+    DDPMTrainConfig,
+    DDPMTrainer,
+    preset_config,
+    read_checkpoint,
+    stream_for,
+)
 
 
 def tiny_config(**changes) -> DDPMTrainConfig:
@@ -40,7 +47,7 @@ def test_one_step_updates_unet_and_ema_with_a_finite_loss() -> None:
     assert stats["lr"] == pytest.approx(trainer.config.lr / 2)  # warm-up: step 1 of 2
     after, ema_after = params(trainer.unet), params(trainer.ema)
     assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
-    # EMA at step 0 uses decay min(0.999, 1/10): ema = 0.1·ema + 0.9·θ
+    # EMA at step 0 uses decay min(ema_decay, 1/10): ema = 0.1·ema + 0.9·θ
     for e0, e1, p in zip(ema_before, ema_after, after, strict=True):
         torch.testing.assert_close(e1, 0.1 * e0 + 0.9 * p)
 
@@ -104,6 +111,14 @@ def test_exported_model_loads_in_the_server_sampler(tmp_path: Path) -> None:
     torch.testing.assert_close(sampler.unet(torch.zeros(1, 1, 8, 8), 5).sample, ema_out)
 
 
+def test_presets() -> None:
+    cifar = preset_config("cifar10")
+    assert cifar.block_out_channels == (128, 256, 256, 256) and cifar.attention_levels == (1,) and cifar.hflip
+    assert preset_config("mnist", lr=None, batch_size=8) == DDPMTrainConfig(batch_size=8)
+    with pytest.raises(ValueError, match="unknown DDPM preset"):
+        preset_config("imagenet")
+
+
 def run_cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
     ddpm_cli.register(parser.add_subparsers(dest="command"))
@@ -126,6 +141,7 @@ def test_cli_trains_checkpoints_resumes_and_refuses_bad_input(tmp_path: Path) ->
     assert json.loads((out / "config.json").read_text())["image_size"] == 8
 
     assert run_cli(*common, *fast, "--steps", "3") == 2  # an existing run is not overwritten
+    assert run_cli(*common, *fast, "--steps", "3", "--resume", "--lr", "0.1") == 2  # the recipe is fixed
     assert run_cli(*common, *fast, "--steps", "3", "--resume") == 0
     assert read_checkpoint(out / CHECKPOINT_FILE)[1]["step"] == 3
 

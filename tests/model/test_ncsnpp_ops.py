@@ -1,0 +1,206 @@
+"""The optimised NCSN++ ops equal the plain formulas of ddgan-spec §2.3 (FIR, AdaGN, attention), with autograd.
+
+References here are written tap by tap or with einsum, independently of `model.ncsnpp`'s convolutions.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.official_style import OfficialStyleGenerator, conv_downsample_2d, downsample_2d, upsample_2d
+from model.config import GeneratorConfig, from_official_args
+from model.ncsnpp import (
+    AdaptiveGroupNorm,
+    AttnBlock,
+    NCSNpp,
+    PyramidDownsample,
+    ResnetBlockBigGAN,
+    fir_downsample,
+    fir_kernel_2d,
+    fir_upsample,
+)
+
+TOL = 1e-5
+TAPS = (1, 3, 3, 1)
+FIXTURE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "ddgan_parity_tiny.pt"
+TINY = GeneratorConfig(
+    num_channels=3, num_channels_dae=16, ch_mult=(1, 2, 2, 2), attn_resolutions=(16,), image_size=32,
+    nz=12, z_emb_dim=24, n_mlp=4,
+)  # fmt: skip
+
+
+def _randomize(module: torch.nn.Module, seed: int) -> None:
+    """Random values in every parameter, including the near-zero-initialised ones (Conv_1, NIN_3)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            std = 1.0 / math.sqrt(p[0].numel()) if p.dim() > 1 else 0.1
+            p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def _kernel() -> torch.Tensor:
+    k = torch.tensor(TAPS, dtype=torch.float64)
+    return torch.outer(k, k) / torch.outer(k, k).sum()
+
+
+def _correlate_taps(x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch.Tensor:
+    """out[i, j] = sum_ab kernel[a, b] * x[stride*i + a, stride*j + b], one tap at a time."""
+    kh, kw = kernel.shape
+    out_h = (x.shape[-2] - kh) // stride + 1
+    out_w = (x.shape[-1] - kw) // stride + 1
+    out = torch.zeros(*x.shape[:-2], out_h, out_w, dtype=x.dtype)
+    for a in range(kh):
+        for b in range(kw):
+            out += kernel[a, b] * x[..., a : a + stride * out_h : stride, b : b + stride * out_w : stride]
+    return out
+
+
+def _input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fir_downsample_is_padded_blur_keeping_every_second_pixel(channels_last: bool) -> None:
+    x = _input((2, 5, 8, 8))
+    expected = _correlate_taps(F.pad(x.double(), (1, 1, 1, 1)), _kernel(), stride=2)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = fir_downsample(x, fir_kernel_2d(TAPS, 5))
+    assert out.shape == (2, 5, 4, 4)
+    torch.testing.assert_close(out.double(), expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fir_upsample_is_zero_insertion_then_blur_with_gain_four(channels_last: bool) -> None:
+    x = _input((2, 5, 6, 6), seed=1)
+    zero_inserted = torch.zeros(2, 5, 12, 12, dtype=torch.float64)
+    zero_inserted[..., ::2, ::2] = x.double()
+    # K is symmetric, so correlation equals the true convolution of upfirdn2d; pad (2, 1) per side as in spec §3.
+    expected = _correlate_taps(F.pad(zero_inserted, (2, 1, 2, 1)), 4.0 * _kernel(), stride=1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = fir_upsample(x, fir_kernel_2d(TAPS, 5))
+    assert out.shape == (2, 5, 12, 12)
+    torch.testing.assert_close(out.double(), expected, atol=TOL, rtol=0)
+    # A constant image stays constant away from the zero-padded border (the kernel keeps the mean).
+    flat = fir_upsample(torch.ones(1, 1, 6, 6), fir_kernel_2d(TAPS, 1))
+    torch.testing.assert_close(flat[..., 2:-2, 2:-2], torch.ones(1, 1, 8, 8), atol=TOL, rtol=0)
+
+
+def test_reference_style_upfirdn_matches_the_plain_formulas() -> None:
+    """The benchmark's official-style FIR (per-channel reshape, full convolution, subsampling) agrees too."""
+    x = _input((2, 4, 8, 8), seed=2)
+    kernel = _kernel().float()
+    torch.testing.assert_close(downsample_2d(x, kernel), fir_downsample(x, fir_kernel_2d(TAPS, 4)), atol=TOL, rtol=0)
+    torch.testing.assert_close(upsample_2d(x, kernel), fir_upsample(x, fir_kernel_2d(TAPS, 4)), atol=TOL, rtol=0)
+
+
+def test_pyramid_downsample_is_blur_then_strided_conv_plus_bias() -> None:
+    module = PyramidDownsample(3, 6, TAPS)
+    _randomize(module, seed=3)
+    x = _input((2, 3, 8, 8), seed=4)
+    blurred = _correlate_taps(F.pad(x.double(), (2, 2, 2, 2)), _kernel(), stride=1)
+    w, b = module.Conv2d_0.weight.double(), module.Conv2d_0.bias.double()
+    expected = F.conv2d(blurred, w, stride=2) + b[None, :, None, None]
+    with torch.no_grad():
+        out = module(x)
+    assert out.shape == (2, 6, 4, 4)
+    torch.testing.assert_close(out.double(), expected, atol=TOL, rtol=0)
+    reference = conv_downsample_2d(x, module.Conv2d_0.weight, _kernel().float()) + module.Conv2d_0.bias[:, None, None]
+    torch.testing.assert_close(reference.detach(), out, atol=TOL, rtol=0)
+
+
+def test_adaptive_group_norm_is_gamma_times_normalised_plus_beta() -> None:
+    norm = AdaptiveGroupNorm(8, style_dim=5)
+    _randomize(norm, seed=5)
+    x, z_emb = _input((3, 8, 4, 4), seed=6) * 3 + 1, _input((3, 5), seed=7)
+    groups = x.double().reshape(3, 2, -1)  # min(8 // 4, 32) = 2 groups of 4 channels
+    normalised = (groups - groups.mean(-1, keepdim=True)) / torch.sqrt(
+        groups.var(-1, unbiased=False, keepdim=True) + 1e-6
+    )
+    style = z_emb.double() @ norm.style.weight.double().t() + norm.style.bias.double()
+    gamma, beta = style[:, :8, None, None], style[:, 8:, None, None]  # gamma first
+    expected = gamma * normalised.reshape(3, 8, 4, 4) + beta
+    with torch.no_grad():
+        out = norm(x.contiguous(memory_format=torch.channels_last), z_emb)
+    torch.testing.assert_close(out.double(), expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_attention_matches_einsum_reference(channels_last: bool) -> None:
+    block = AttnBlock(8)
+    _randomize(block, seed=8)
+    x = _input((2, 8, 4, 4), seed=9)
+    p = {name: value.double() for name, value in block.named_parameters()}
+    h = F.group_norm(x.double(), 2, p["GroupNorm_0.weight"], p["GroupNorm_0.bias"], eps=1e-6)
+    q, k, v = (torch.einsum("bchw,co->bohw", h, p[f"NIN_{i}.W"]) + p[f"NIN_{i}.b"][:, None, None] for i in range(3))
+    w = torch.einsum("bchw,bcij->bhwij", q, k) / math.sqrt(8)
+    w = torch.softmax(w.reshape(2, 4, 4, 16), dim=-1).reshape(2, 4, 4, 4, 4)
+    attended = torch.einsum("bhwij,bcij->bchw", w, v)
+    out_proj = torch.einsum("bchw,co->bohw", attended, p["NIN_3.W"]) + p["NIN_3.b"][:, None, None]
+    expected = (x.double() + out_proj) / math.sqrt(2)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = block(x)
+    torch.testing.assert_close(out.double(), expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("resample", ["none", "up", "down"])
+def test_resnet_block_forward_and_gradients_match_reference(resample: str) -> None:
+    """In-place updates inside the block must leave autograd's gradients equal to the out-of-place formula.
+
+    Run in float64 so that summation order cannot hide or fake a difference.
+    """
+    from bench.official_style import resnet_block
+
+    block = ResnetBlockBigGAN(
+        8, 12, temb_dim=6, z_emb_dim=5, fir_taps=TAPS, up=resample == "up", down=resample == "down"
+    )
+    _randomize(block, seed=10)
+    block.double()
+    x, temb, z_emb = (_input(s, seed=11 + i).double() for i, s in enumerate([(2, 8, 8, 8), (2, 6), (2, 5)]))
+
+    def grads(fn):  # type: ignore[no-untyped-def]
+        block.zero_grad(set_to_none=True)
+        inputs = [t.clone().requires_grad_(True) for t in (x, temb, z_emb)]
+        out = fn(*inputs)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).reshape(out.shape)).sum().backward()
+        return out.detach(), [i.grad for i in inputs] + [q.grad for q in block.parameters()]
+
+    ours, ours_grads = grads(lambda a, t, z: block(a.contiguous(memory_format=torch.channels_last), F.silu(t), z))
+    ref, ref_grads = grads(lambda a, t, z: resnet_block(block, a, t, z, _kernel()))
+    torch.testing.assert_close(ours, ref, atol=TOL, rtol=0)
+    for got, want in zip(ours_grads, ref_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=TOL, rtol=1e-5)
+
+
+def test_generator_matches_official_style_forward_and_returns_nchw() -> None:
+    generator = NCSNpp(TINY).eval()
+    _randomize(generator, seed=14)
+    x, z = _input((2, 3, 32, 32), seed=15), _input((2, 12), seed=16)
+    t = torch.tensor([0, 3])
+    with torch.inference_mode():
+        ours = generator(x, t, z)
+        reference = OfficialStyleGenerator(generator)(x, t, z)
+        from_channels_last = generator(x.contiguous(memory_format=torch.channels_last), t, z)
+    assert ours.is_contiguous() and ours.shape == (2, 3, 32, 32)
+    assert ours.std() > 0.05  # random weights everywhere: the comparison is not between two near-zero outputs
+    torch.testing.assert_close(ours, reference, atol=TOL, rtol=0)
+    torch.testing.assert_close(from_channels_last, ours, atol=TOL, rtol=0)
+
+
+@pytest.mark.skipif(not FIXTURE.exists(), reason="shared parity fixture not available")
+def test_official_style_reference_reproduces_the_official_output() -> None:
+    """The benchmark's yardstick computes what the official code computed (so its timing is a fair reference)."""
+    case = torch.load(FIXTURE, weights_only=True)["tiny_cifar_like"]
+    generator = NCSNpp(from_official_args(case["args"]).generator).eval()
+    generator.load_state_dict({k.removeprefix("module."): v for k, v in case["state_dict"].items()}, strict=True)
+    with torch.inference_mode():
+        y = OfficialStyleGenerator(generator)(case["x"], case["t"], case["z"])
+    assert (y - case["y"]).abs().max().item() <= TOL
