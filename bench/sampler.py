@@ -212,11 +212,14 @@ def _parse_presets(text: str) -> list[str]:
     return names
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def run(args: argparse.Namespace) -> int:
@@ -241,7 +244,10 @@ def run(args: argparse.Namespace) -> int:
     report = markdown_report(results, command, machine, device, args.clock)
     sys.stdout.write(report)
     if args.out is not None:
-        atomic_write_bytes(Path(args.out), report.encode())
+        try:
+            atomic_write_bytes(Path(args.out), report.encode())
+        except OSError as exc:  # the table is already on stdout: say why the file is missing, lose nothing
+            raise SystemExit(f"ddgan bench sampler: cannot write {args.out}: {exc}") from exc
         logger.info("wrote %s", args.out)
     return 0
 
@@ -259,10 +265,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         default=_parse_presets(DEFAULT_PRESETS),
         help=f"comma-separated presets (default {DEFAULT_PRESETS}; all: {','.join(PRESETS)})",
     )
-    parser.add_argument("--batch", type=_positive, default=16, help="images per batch (default 16)")
-    parser.add_argument("--repeats", type=_positive, default=3, help="timed repeats; the median is reported")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up calls before timing (default 1)")
-    parser.add_argument("--threads", type=_positive, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--batch", type=_at_least(1), default=16, help="images per batch (default 16)")
+    parser.add_argument("--repeats", type=_at_least(1), default=3, help="timed repeats; the median is reported")
+    parser.add_argument(
+        "--warmup", type=_at_least(0), default=1, help="untimed warm-up calls before timing (default 1)"
+    )
+    parser.add_argument("--threads", type=_at_least(1), default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument(
         "--clock",

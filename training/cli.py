@@ -1,9 +1,9 @@
 """`ddgan train` (DDGAN / SIDDM) and the other training subcommands' registration.
 
-    ddgan train --preset mnist --data ../shared/data/mnist.npz --out runs/mnist [--objective siddm] [overrides]
-    ddgan train --out runs/mnist --resume                  # continue exactly where the run stopped
-    ddgan train --out runs/mnist --export-only models/mnist  # EMA generator of the latest checkpoint -> model dir
-    torchrun --nproc_per_node 2 ddgan.py train ...           # several processes (NCCL on GPU, gloo on CPU)
+ddgan train --preset mnist --data ../shared/data/mnist.npz --out runs/mnist [--objective siddm] [overrides]
+ddgan train --out runs/mnist --resume                  # continue exactly where the run stopped
+ddgan train --out runs/mnist --export-only models/mnist  # EMA generator of the latest checkpoint -> model dir
+torchrun --nproc_per_node 2 ddgan.py train ...           # several processes (NCCL on GPU, gloo on CPU)
 """
 
 from __future__ import annotations
@@ -80,7 +80,9 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, samples, logs, model/)")
     p.add_argument("--objective", choices=("ddgan", "siddm"), default="ddgan")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    p.add_argument("--export-only", type=Path, metavar="DIR", help="write the EMA generator of --out to DIR; no training")
+    p.add_argument(
+        "--export-only", type=Path, metavar="DIR", help="write the EMA generator of --out to DIR; no training"
+    )
     p.add_argument("--checkpoint", type=Path, help="with --export-only: this checkpoint directory, not the latest")
     p.add_argument("--export", type=Path, metavar="DIR", help="where the final EMA generator goes (default OUT/model)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -149,11 +151,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.export_only:
         return export_run(args.out, args.export_only, args.checkpoint)
-    run_file, config_file = args.out / RUN_FILE, args.out / CONFIG_FILE
+    config_file = args.out / CONFIG_FILE
     try:
         if args.resume and config_file.is_file():
             config = _resumed_config(args, TrainConfig.from_json(config_file.read_text()))
-            run_info = json.loads(run_file.read_text())
+            run_info = json.loads((args.out / RUN_FILE).read_text())
             data = args.data or run_info["data"]
         else:
             if not args.preset or not args.data:
@@ -185,17 +187,23 @@ def _train(args: argparse.Namespace, config: Any, dataset: Any, data: str) -> in
     ctx = init_distributed(args.device)
     try:
         trainer = Trainer(config, dataset, args.out, ctx)
+        run_file = args.out / RUN_FILE
         if ctx.is_main:
             atomic_write_bytes(args.out / CONFIG_FILE, (config.to_json() + "\n").encode())
+            previous = json.loads(run_file.read_text()) if args.resume and run_file.is_file() else {}
             info = {
+                **previous,
                 "data": str(Path(data).resolve()),
                 "images": len(dataset),
                 "world_size": ctx.world_size,
                 "device": str(ctx.device),
                 "torch": torch.__version__,
-                "command": " ".join(sys.argv),
-                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            if previous:
+                info["resumed"] = [*previous.get("resumed", []), {"at": now, "command": " ".join(sys.argv)}]
+            else:
+                info.update(command=" ".join(sys.argv), started=now)
             atomic_write_bytes(args.out / RUN_FILE, (json.dumps(info, indent=2) + "\n").encode())
         if args.resume and not trainer.resume():
             logger.info("no checkpoint in %s yet: starting a new run", args.out)

@@ -3,12 +3,12 @@
 Index convention (as model/diffusion.py): the generator denoises x_{t+1} → x_t with t ∈ {0..T-1}; DDGAN's paper
 writes this transition x_t → x_{t-1}, so its x_{t-1} is our x_t.
 
-DDGAN (Xiao et al. 2022, §3.3 adversarial objective; recipe in ddgan-spec §5): the discriminator D(x_t, t, x_{t+1}) judges
-denoising pairs with the non-saturating softplus loss, plus R1 on real x_t.
+DDGAN (Xiao et al. 2022, §3.3 adversarial objective; recipe in ddgan-spec §5): the discriminator
+D(x_t, t, x_{t+1}) judges denoising pairs with the non-saturating softplus loss, plus R1 on real x_t.
 
-SIDDM (Xu et al. 2023). The image code was never released and the paper's equation numbers were not available to
-us: each term below names the formula of the reconstruction (siddm-notes §1.3-1.4) it implements. The same joint q(x_t, x_{t+1}) is factorised as
-marginal × forward kernel, and matched by
+SIDDM (Xu et al. 2023). The image code was never released and the paper's equation numbers were not available
+to us: each term below names the formula of the reconstruction (siddm-notes §1.3-1.4) it implements. The same
+joint q(x_t, x_{t+1}) is factorised as marginal × forward kernel, and matched by
   * an adversarial term on the marginal, D(x_t, t), real x_t ~ q(x_t | x_0) vs fake x'_t ~ q(x_t | x_{t+1}, x̂_0);
   * the auxiliary-forward-diffusion (AFD) term KL(p_θ(x_{t+1} | x'_t) ‖ q(x_{t+1} | x'_t)) = H(p, q) − H(p): the
     cross-entropy is explicit (q is Gaussian); −H(p) is estimated by a conditional estimator c(x'_t, t) ≈ x_{t+1}
@@ -107,7 +107,7 @@ def ddgan_discriminator_loss(
 def ddgan_generator_loss(
     generator: nn.Module, discriminator: nn.Module, schedule: DiffusionSchedule, x_0: Tensor, noise: StepNoise
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """DDGAN generator loss, non-saturating: softplus(−D(x'_t, t, x_{t+1})), x'_t ~ q(x_t | x_{t+1}, G(x_{t+1}, t, z))."""
+    """DDGAN generator loss (non-saturating): softplus(−D(x'_t, t, x_{t+1})), x'_t ~ q(x_t | x_{t+1}, x̂_0)."""
     t = noise.t
     _, x_t_plus_one = schedule.q_sample_pairs(x_0, t, noise.noise, noise.noise_next)
     x_0_pred = generator(x_t_plus_one, t, noise.z)

@@ -274,7 +274,9 @@ class Trainer:
                 x_0 = next(batches).to(self.device, non_blocking=True)
                 stats = self.train_step(x_0)
                 now = time.monotonic()
-                rate = images_per_step / (now - last) if rate == 0 else 0.9 * rate + 0.1 * images_per_step / (now - last)
+                rate = (
+                    images_per_step / (now - last) if rate == 0 else 0.9 * rate + 0.1 * images_per_step / (now - last)
+                )
                 last = now
                 bar.update(1)
                 if self.step % c.log_every == 0 or self.step == 1:

@@ -19,6 +19,7 @@ def pixels(body: dict) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(b)))) for b in body["images"]]).astype(int)
 
 
+@pytest.mark.slow
 async def test_onnxruntime_backend_matches_torch_and_missing_export_is_explained(tiny_models, started, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")

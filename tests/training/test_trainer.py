@@ -80,7 +80,9 @@ def test_learning_rates_follow_a_per_epoch_cosine(tmp_path: Path) -> None:
     assert trainer.learning_rates(0) == trainer.learning_rates(per_epoch - 1) == (1e-3, 5e-4)
     lr_g, lr_d = trainer.learning_rates(2 * per_epoch)  # half way: the mean of start and floor
     assert lr_g == pytest.approx((1e-3 + 1e-5) / 2) and lr_d == pytest.approx((5e-4 + 1e-5) / 2)
-    assert trainer.learning_rates(3 * per_epoch)[0] == pytest.approx(1e-5 + (1e-3 - 1e-5) * (1 + math.cos(0.75 * math.pi)) / 2)
+    assert trainer.learning_rates(3 * per_epoch)[0] == pytest.approx(
+        1e-5 + (1e-3 - 1e-5) * (1 + math.cos(0.75 * math.pi)) / 2
+    )
 
 
 def _grads(module: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -51,7 +51,9 @@ def _worker(rank: int, world_size: int, port: int, run: str, report: str) -> Non
 def test_two_gloo_processes_stay_in_sync_and_resume(tmp_path: Path) -> None:
     run, report = tmp_path / "run", tmp_path / "report"
     report.mkdir()
-    mp.start_processes(_worker, args=(2, _free_port(), str(run), str(report)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(
+        _worker, args=(2, _free_port(), str(run), str(report)), nprocs=2, join=True, start_method="spawn"
+    )
     rank0, rank1 = (json.loads((report / f"rank{r}.json").read_text()) for r in (0, 1))
     assert rank0 == rank1  # same weights on both ranks after every phase (each rank saw different data)
     assert rank0["first"]["step"] == 2 and rank0["resumed"]["step"] == 3 and rank0["resumed"]["resumed"]
@@ -60,4 +62,3 @@ def test_two_gloo_processes_stay_in_sync_and_resume(tmp_path: Path) -> None:
     assert latest == {"step": 3, "path": "step_00000003"}
     step, state = load_run_state(run / "checkpoints" / "step_00000003")
     assert step == 3 and state["world_size"] == 2
-

@@ -1,0 +1,73 @@
+"""`ddgan train`: input checks before any work, the resolved recipe in the run, resume rules, export-only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import ddgan
+from model.checkpoint import load_config
+from tests.training._trainer_setup import write_tiny_npz
+from training.train_config import TrainConfig, recipe_for
+
+
+def _train(*args: str) -> int:
+    return ddgan.main(["train", *args])
+
+
+def test_a_missing_data_path_fails_before_anything_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match="does-not-exist.npz does not exist"):
+        _train("--preset", "mnist", "--data", str(tmp_path / "does-not-exist.npz"), "--out", str(out))
+    assert not out.exists()
+
+
+def test_a_new_run_needs_a_preset_and_data(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="needs --preset and --data"):
+        _train("--out", str(tmp_path / "run"))
+
+
+def test_official_recipes_per_preset() -> None:
+    cifar = recipe_for("cifar10")
+    assert (cifar.lr_d, cifar.lr_g, cifar.r1_gamma, cifar.lazy_reg, cifar.ema_decay) == (
+        1.25e-4,
+        1.6e-4,
+        0.02,
+        15,
+        0.9999,
+    )
+    assert (cifar.beta1, cifar.beta2, cifar.lr_min, cifar.discriminator.kind, cifar.discriminator.ngf) == (
+        0.5, 0.9, 1e-5, "small", 64,
+    )  # fmt: skip
+    celeba = recipe_for("celebahq")
+    assert (celeba.lr_d, celeba.lr_g, celeba.r1_gamma, celeba.lazy_reg, celeba.discriminator.kind) == (
+        1e-4, 2e-4, 2.0, 10, "large",
+    )  # fmt: skip
+    siddm = recipe_for("cifar10", "siddm")
+    assert not siddm.discriminator.conditional and siddm.discriminator.dense_heads and siddm.lambda_afd == 1.0
+
+
+def test_train_writes_the_resolved_recipe_resumes_and_exports(tmp_path: Path, capsys) -> None:
+    data, out = write_tiny_npz(tmp_path / "digits.npz"), tmp_path / "run"
+    common = ("--out", str(out), "--no-progress", "--threads", "1", "--sample-count", "4")
+    assert _train("--preset", "mnist", "--data", str(data), "--batch-size", "4", "--max-steps", "1", *common) == 0
+    saved = TrainConfig.from_json((out / "train_config.json").read_text())
+    assert saved.batch_size == 4 and saved.max_steps == 1 and saved.lr_g == recipe_for("mnist").lr_g
+    assert json.loads((out / "run.json").read_text())["data"] == str(data.resolve())
+    assert load_config(out / "model").generator == saved.model.generator
+
+    with pytest.raises(SystemExit, match="already holds a run"):
+        _train("--preset", "mnist", "--data", str(data), *common)
+    with pytest.raises(SystemExit, match="recipe is fixed"):
+        _train("--resume", "--lr-g", "1", *common)
+    assert _train("--resume", "--max-steps", "2", *common) == 0
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 2
+    assert len(json.loads((out / "run.json").read_text())["resumed"]) == 1
+
+    exported = tmp_path / "exported"
+    assert _train("--out", str(out), "--export-only", str(exported)) == 0
+    config = load_config(exported)
+    assert "2 steps" in config.trained_on and "digits.npz" in config.trained_on
+    assert "step 2" in capsys.readouterr().out
