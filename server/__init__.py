@@ -1,0 +1,1 @@
+"""The inference server: `server.app.create_app` (FastAPI factory) and `ddgan serve` (server.cli)."""

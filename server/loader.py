@@ -89,7 +89,7 @@ def load_entry(
     return LoadedModel(sampler, chosen_backend, resolved, entry.dtype, random_weights)
 
 
-def _not_installed(entry: ModelEntry) -> str:
+def not_installed_reason(entry: ModelEntry) -> str:
     return f"weights for {entry.name} are not installed at {entry.path}; install them with: {entry.install_hint()}"
 
 
@@ -120,7 +120,7 @@ def _load_ddgan(entry: ModelEntry, backend: str, device: str, dtype: torch.dtype
             raise ModelLoadError(f"no architecture for random weights: {exc}") from exc
         return random_weights_sampler(config, device, dtype)
     if not _ddgan_installed(entry.path):
-        raise ModelNotInstalledError(_not_installed(entry))
+        raise ModelNotInstalledError(not_installed_reason(entry))
     if backend == "torch" and not entry.backend_options:
         try:
             return load_ddgan_sampler(entry.path, device, dtype)
@@ -145,7 +145,7 @@ def _load_ddpm(entry: ModelEntry, device: str, dtype: torch.dtype, random_weight
     if random_weights:
         return _random_ddpm(ddpm, entry, device, dtype, installed)
     if not installed:
-        raise ModelNotInstalledError(_not_installed(entry))
+        raise ModelNotInstalledError(not_installed_reason(entry))
     try:
         return ddpm.load_ddpm_sampler(entry.path, device, dtype)
     except Exception as exc:  # CheckpointError, or diffusers' OSError/ValueError for a damaged directory

@@ -19,7 +19,14 @@ from typing import Any
 import torch
 
 from server.batching import BatchQueue
-from server.loader import LoadedModel, ModelNotInstalledError, ModelUnavailableError, load_entry, weights_present
+from server.loader import (
+    LoadedModel,
+    ModelNotInstalledError,
+    ModelUnavailableError,
+    load_entry,
+    not_installed_reason,
+    weights_present,
+)
 from server.metrics import ServerMetrics
 from server.registry import ModelEntry, Registry
 from server.settings import ServerSettings
@@ -124,9 +131,7 @@ class Runtime:
         if not self.settings.random_weights:
             for served in self.models.values():
                 if not weights_present(served.entry):
-                    reason = f"weights for {served.entry.name} are not installed at {served.entry.path}; "
-                    served.state = ModelState.NOT_INSTALLED
-                    served.reason = reason + f"install them with: {served.entry.install_hint()}"
+                    served.state, served.reason = ModelState.NOT_INSTALLED, not_installed_reason(served.entry)
         self._loader = asyncio.create_task(asyncio.to_thread(self._load_all), name="load-models")
 
     async def wait_loaded(self, timeout_s: float | None = None) -> None:

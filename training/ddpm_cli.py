@@ -82,10 +82,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_train_ddpm)
 
 
-_RECIPE_FLAGS = (
-    "dataset", "name", "image_size", "channels", "block_channels", "layers_per_block", "attention_levels",
-    "dropout", "batch_size", "lr", "warmup_steps", "ema_decay", "hflip", "seed",
-)  # fmt: skip
+# flag dest -> config field, for the recipe flags a resumed run must not change
+_RECIPE_FLAGS = {
+    "dataset": "dataset_kind", "name": "dataset_name", "image_size": "image_size", "channels": "channels",
+    "block_channels": "block_out_channels", "layers_per_block": "layers_per_block",
+    "attention_levels": "attention_levels", "dropout": "dropout", "batch_size": "batch_size", "lr": "lr",
+    "warmup_steps": "warmup_steps", "ema_decay": "ema_decay", "hflip": "hflip", "seed": "seed",
+}  # fmt: skip
 
 
 def _config_from_args(args: argparse.Namespace) -> DDPMTrainConfig:
@@ -144,10 +147,14 @@ def run_train_ddpm(args: argparse.Namespace) -> int:
     checkpoint = out / CHECKPOINT_FILE
     try:
         if args.resume:
-            fixed = [dest for dest in _RECIPE_FLAGS if getattr(args, dest) is not None]
-            if fixed:
-                raise CheckpointError(f"--resume keeps the run's recipe; only --steps may change (got {fixed})")
             config = load_config_from_checkpoint(checkpoint)
+            changed = [
+                "--" + dest.replace("_", "-")
+                for dest, name in _RECIPE_FLAGS.items()
+                if getattr(args, dest) is not None and getattr(args, dest) != getattr(config, name)
+            ]
+            if changed:
+                raise CheckpointError(f"--resume keeps the run's recipe; only --steps may change (got {changed})")
             config.steps = args.steps or config.steps
         else:
             if checkpoint.exists():

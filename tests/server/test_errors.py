@@ -186,3 +186,20 @@ def test_settings_errors_name_the_field(monkeypatch):
     monkeypatch.setenv("DDGAN_MAX_IMAGES_PER_REQUEST", "lots")
     with pytest.raises(ValidationError, match="max_images_per_request"):
         ServerSettings()
+
+
+async def test_an_unexpected_error_is_a_500_in_the_error_shape(client, monkeypatch):
+    runtime = client._transport.app.state.runtime  # type: ignore[attr-defined]
+
+    def broken_lookup(dataset: str, sampler: str) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(runtime, "lookup", broken_lookup)
+    response = await client.post("/generate", json=MNIST)
+    assert response.status_code == 500
+    error = error_of(response)
+    assert error["type"] == "internal_error" and "a bug" not in error["message"]  # internals stay in the log
+    metrics = (await client.get("/metrics")).text
+    assert 'ddgan_requests_total{model="unknown",sampler="unknown",status="500"} 1.0' in metrics
+    monkeypatch.undo()
+    assert (await client.post("/generate", json=MNIST)).status_code == 200

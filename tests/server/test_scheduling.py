@@ -86,6 +86,8 @@ async def test_a_failing_batch_fails_only_its_requests(tiny_models, started):
     blocker = post(client, n=1, seed=GATED)
     await asyncio.to_thread(gate.wait_entered)
     poisoned = post(client, n=8, seed=660)  # one full batch, holding seed 666
+    while (await client.get("/v1/models")).json()["models"][0]["queued_images"] < 8:
+        await asyncio.sleep(0.01)
     healthy = post(client, n=2, seed=10)  # the next batch
     while (await client.get("/v1/models")).json()["models"][0]["queued_images"] < 10:
         await asyncio.sleep(0.01)

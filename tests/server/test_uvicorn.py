@@ -69,7 +69,7 @@ def uvicorn_registry(root: Path) -> Path:
     # DDPM one image per batch, so a request of 8 images keeps its worker busy for 8 x 50 steps.
     return write_registry(
         root,
-        ddgan={"max_batch_images": 8, "max_wait_ms": 50},
+        ddgan={"max_batch_images": 8, "max_wait_ms": 150},
         ddpm={"max_batch_images": 1, "max_wait_ms": 0, "max_queue_images": 8},
     )
 
