@@ -82,10 +82,14 @@ def load_entry(
     resolved = resolve_device(device or entry.device)
     dtype = TORCH_DTYPES[entry.dtype]
     if entry.sampler == "ddpm":
+        chosen_backend = "torch"
         sampler = _load_ddpm(entry, resolved, dtype, random_weights)
-        return LoadedModel(sampler, "torch", resolved, entry.dtype, random_weights)
-    chosen_backend = backend or entry.backend
-    sampler = _load_ddgan(entry, chosen_backend, resolved, dtype, random_weights)
+    else:
+        chosen_backend = backend or entry.backend
+        sampler = _load_ddgan(entry, chosen_backend, resolved, dtype, random_weights)
+    # Kernels choose algorithms by batch shape, so only one fixed forward size makes a seed's image independent
+    # of what it was batched with (model.sampler pads partial batches to it).
+    sampler.fixed_batch = entry.max_batch_images if entry.batch_invariant else None
     return LoadedModel(sampler, chosen_backend, resolved, entry.dtype, random_weights)
 
 

@@ -12,6 +12,7 @@ dtype = "float32"
 max_batch_images = 16      # images per batch
 max_wait_ms = 5            # how long a batch may wait to fill up
 max_queue_images = 256     # images waiting beyond this answer 503
+batch_invariant = true     # pad every forward pass to max_batch_images: bit-identical images in any batch
 ```
 """
 
@@ -57,6 +58,11 @@ class ModelEntry(BaseModel):
         default=None, ge=1, le=1000, description="DDPM inference steps when a request omits it"
     )
     max_steps: int = Field(default=1000, ge=1, le=1000, description="largest DDPM `steps` a request may ask for")
+    batch_invariant: bool = Field(
+        default=True,
+        description="run every forward pass at exactly max_batch_images rows (padding partial batches), so an "
+        "image is bit-identical alone or in any batch; CPU/GPU kernels pick algorithms by batch shape otherwise",
+    )
     warmup_batch_sizes: tuple[int, ...] | None = Field(default=None, description="default: 1 and max_batch_images")
     install: str | None = Field(default=None, description="command that installs the weights (shown in the 404)")
 
@@ -85,8 +91,10 @@ class ModelEntry(BaseModel):
 
     @property
     def batch_sizes(self) -> tuple[int, ...]:
-        """The batch sizes warm-up runs: those the queue forms most (one image, a full batch)."""
-        return tuple(sorted(set(self.warmup_batch_sizes or (1, self.max_batch_images))))
+        """The batch sizes warm-up runs: the one fixed size when batch-invariant, else one image and a full batch."""
+        if self.warmup_batch_sizes:
+            return tuple(sorted(set(self.warmup_batch_sizes)))
+        return (self.max_batch_images,) if self.batch_invariant else tuple(sorted({1, self.max_batch_images}))
 
     def install_hint(self) -> str:
         if self.install:

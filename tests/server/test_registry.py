@@ -24,7 +24,8 @@ def test_defaults_and_relative_paths(tmp_path):
     (entry,) = registry.models
     assert entry.path == (tmp_path / "mnist").resolve()
     assert (entry.sampler, entry.backend, entry.device, entry.dtype) == ("ddgan", "torch", "auto", "float32")
-    assert entry.batch_sizes == (1, 16)
+    assert entry.batch_invariant and entry.batch_sizes == (16,)  # one fixed forward size: nothing else to warm
+    assert entry.model_copy(update={"batch_invariant": False}).batch_sizes == (1, 16)
     assert registry.get("mnist", "ddgan") is entry and registry.get("mnist", "ddpm") is None
 
 
