@@ -39,6 +39,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        _readable_by_all(tmp)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -47,6 +48,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _readable_by_all(path: str) -> None:
+    """mkstemp creates 0600 files; model files must be readable by a server running as another user."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def expected_state_shapes(config: ModelConfig) -> dict[str, torch.Size]:
@@ -118,6 +126,7 @@ def save_model(directory: str | Path, config: ModelConfig, state_dict: Mapping[s
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
     os.close(fd)
     try:
+        _readable_by_all(tmp)
         save_file(tensors, tmp, metadata={"format": FORMAT_NAME, "preset": config.preset})
         os.replace(tmp, directory / WEIGHTS_FILE)
     except BaseException:

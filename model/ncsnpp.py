@@ -226,8 +226,11 @@ class AttnBlock(nn.Module):
         q, k, v = torch.addmm(b_qkv, h.reshape(-1, c), w_qkv).view(b, height * width, 3 * c).chunk(3, dim=2)
         # One head as a 4-D (B, 1, HW, C) call: the ONNX exporter only translates 4-D SDPA.
         h = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
-        h = torch.addmm(self.NIN_3.b, h.reshape(-1, c), self.NIN_3.W).view(b, height * width, c)
-        h = h.transpose(1, 2).reshape(b, c, height, width).add_(x)
+        # A (B, H, W, C) view permuted keeps canonical channels_last strides even at B = 1 (a transpose+reshape
+        # view gets a degenerate batch stride there, and the ops after it fall back to NCHW); the out-of-place
+        # sum takes x's layout, so an NCHW caller gets NCHW back.
+        h = torch.addmm(self.NIN_3.b, h.reshape(-1, c), self.NIN_3.W).view(b, height, width, c)
+        h = x + h.permute(0, 3, 1, 2)
         return h.mul_(1.0 / math.sqrt(2.0)) if self.skip_rescale else h
 
 

@@ -131,16 +131,17 @@ def test_adaptive_group_norm_is_gamma_times_normalised_plus_beta() -> None:
     torch.testing.assert_close(out.double(), expected, atol=TOL, rtol=0)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_attention_matches_einsum_reference(channels_last: bool) -> None:
+def test_attention_matches_einsum_reference_and_keeps_the_layout(channels_last: bool, batch: int) -> None:
     block = AttnBlock(8)
     _randomize(block, seed=8)
-    x = _input((2, 8, 4, 4), seed=9)
+    x = _input((batch, 8, 4, 4), seed=9)
     p = {name: value.double() for name, value in block.named_parameters()}
     h = F.group_norm(x.double(), 2, p["GroupNorm_0.weight"], p["GroupNorm_0.bias"], eps=1e-6)
     q, k, v = (torch.einsum("bchw,co->bohw", h, p[f"NIN_{i}.W"]) + p[f"NIN_{i}.b"][:, None, None] for i in range(3))
     w = torch.einsum("bchw,bcij->bhwij", q, k) / math.sqrt(8)
-    w = torch.softmax(w.reshape(2, 4, 4, 16), dim=-1).reshape(2, 4, 4, 4, 4)
+    w = torch.softmax(w.reshape(batch, 4, 4, 16), dim=-1).reshape(batch, 4, 4, 4, 4)
     attended = torch.einsum("bhwij,bcij->bchw", w, v)
     out_proj = torch.einsum("bchw,co->bohw", attended, p["NIN_3.W"]) + p["NIN_3.b"][:, None, None]
     expected = (x.double() + out_proj) / math.sqrt(2)
@@ -149,6 +150,7 @@ def test_attention_matches_einsum_reference(channels_last: bool) -> None:
     with torch.no_grad():
         out = block(x)
     torch.testing.assert_close(out.double(), expected, atol=TOL, rtol=0)
+    assert out.stride() == x.stride()  # same memory layout out as in, with the same batch stride even at B = 1
 
 
 @pytest.mark.parametrize("resample", ["none", "up", "down"])

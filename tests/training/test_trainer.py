@@ -167,17 +167,27 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
 
 
 class _SignalAt(ArrayImageDataset):
-    """Sends SIGTERM to this process when the n-th batch is gathered (a scheduler pre-empting the job)."""
+    """Sends a signal to this process when the n-th batch is gathered (e.g. a scheduler pre-empting the job)."""
 
-    def __init__(self, base: ArrayImageDataset, at_call: int) -> None:
+    def __init__(self, base: ArrayImageDataset, at_call: int, signum: int = signal.SIGTERM) -> None:
         super().__init__(base.images)
-        self.calls, self.at_call = 0, at_call
+        self.calls, self.at_call, self.signum = 0, at_call, signum
 
     def uint8_batch(self, indices):
         self.calls += 1
         if self.calls == self.at_call:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
         return super().uint8_batch(indices)
+
+
+def test_sigusr1_checkpoints_and_exports_without_stopping(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(max_steps=3), _SignalAt(tiny_dataset(), at_call=2, signum=signal.SIGUSR1), run)
+    assert trainer.fit("test", export_dir=tmp_path / "exported", progress=False) == "finished"
+    assert trainer.step == 3
+    steps = sorted(p.name for p in (run / "checkpoints").glob("step_*"))
+    assert steps == ["step_00000002", "step_00000003"]  # on demand at step 2, then at the end
+    assert load_model(tmp_path / "exported")[0].trained_on.endswith("3 steps, EMA 0.9")
 
 
 def test_sigterm_checkpoints_exports_and_stops(tmp_path: Path) -> None:
@@ -197,3 +207,19 @@ def test_sigterm_checkpoints_exports_and_stops(tmp_path: Path) -> None:
         exported = SamplingChain(generator, config.diffusion)(*noise)
         ema = SamplingChain(trainer.ema, config.diffusion)(*noise)
     torch.testing.assert_close(exported, ema, rtol=0, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("objective", ["ddgan", "siddm"])
+def test_bf16_autocast_steps_on_cuda(tmp_path: Path, objective: str) -> None:
+    from training.distributed import DistContext
+
+    ctx = DistContext(device=torch.device("cuda", 0))
+    trainer = Trainer(tiny_config(objective), tiny_dataset(), tmp_path / "run", ctx)
+    assert trainer.use_bf16
+    batches = trainer.stream.batches(0)
+    for _ in range(3):
+        stats = trainer.train_step(next(batches).cuda())
+    assert all(math.isfinite(float(v)) for v in stats.values())
+    assert all(p.dtype == torch.float32 for p in trainer.generator.parameters())  # autocast keeps fp32 master weights
