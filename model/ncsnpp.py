@@ -4,8 +4,8 @@ The generator maps (x_{t+1}, t, z) to x̂_0. Module construction order and attri
 keys, which equal the official released checkpoints' keys (ddgan-spec §2.4-2.5), so `netG_*.pth` files load
 with `strict=True`. FIR resampling is expressed as depthwise convolutions (spec §2.3) and attention uses the
 fused `scaled_dot_product_attention`; both are exact re-expressions of the reference maths and export to ONNX.
-On CPU activations run channels_last (see `NCSNpp.forward`); `bench/official_style.py` is the reference-style
-implementation that `ddgan bench sampler` measures this module against.
+On CPU, large activations run channels_last (`cpu_layout`). `bench/official_style.py` is the
+reference-style implementation that `ddgan bench sampler` measures this module against.
 """
 
 from __future__ import annotations
@@ -237,6 +237,20 @@ class AttnBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # The generator.
 
+# On CPU, oneDNN convolves channels_last (NHWC) activations without reordering them, and the FIR depthwise convs
+# and the attention's (B, HW, C) view get cheaper; for small activations (batch x pixels below ~4096, e.g. 8x8 at
+# batch 16 or 32x32 at batch 1) NCHW convolutions are faster (measured with torch 2.13 / oneDNN 3.12, fp32).
+_CHANNELS_LAST_MIN_PIXELS = 4096
+
+
+def cpu_layout(h: Tensor) -> Tensor:
+    """h in the faster memory layout for its size on CPU; unchanged on other devices and while exporting."""
+    batch = h.shape[0]
+    if h.device.type != "cpu" or not isinstance(batch, int):  # a symbolic batch: keep the traced graph layout-free
+        return h
+    large = batch * h.shape[-2] * h.shape[-1] >= _CHANNELS_LAST_MIN_PIXELS
+    return h.contiguous(memory_format=torch.channels_last if large else torch.contiguous_format)
+
 
 class NCSNpp(nn.Module):
     """x̂_0 = G(x_{t+1}, t, z): the official `NCSNpp` generator (biggan blocks, residual input pyramid)."""
@@ -307,10 +321,7 @@ class NCSNpp(nn.Module):
         temb = m[1](F.silu(m[0](timestep_embedding(t, self.config.num_channels_dae).to(z_emb.dtype))))
         temb_act = F.silu(temb)  # every ResBlock's Dense_0 reads act(temb)
 
-        if x.device.type == "cpu":
-            # oneDNN convolves NHWC without reordering activations; channels_last also makes the FIR depthwise
-            # convs ~2-5x faster and the attention's (B, HW, C) view free. GPUs keep the caller's layout.
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = cpu_layout(x)
         pyramid = x
         h = m[2](x)
         skips = [h]
@@ -327,9 +338,9 @@ class NCSNpp(nn.Module):
             elif step == "attn":
                 h = module(h)
             elif step == "down":
-                h = module(skips[-1], temb_act, z_emb)
+                h = cpu_layout(module(skips[-1], temb_act, z_emb))
             elif step == "pyramid":
-                pyramid = (module(pyramid) + h) * (1.0 / math.sqrt(2.0))
+                pyramid = (cpu_layout(module(pyramid)) + h) * (1.0 / math.sqrt(2.0))
                 h = pyramid
                 skips.append(h)
             elif step == "mid":
@@ -337,6 +348,6 @@ class NCSNpp(nn.Module):
             elif step == "dec":
                 h = module(torch.cat([h, skips.pop()], dim=1), temb_act, z_emb)
             elif step == "up":
-                h = module(h, temb_act, z_emb)
+                h = cpu_layout(module(h, temb_act, z_emb))
         h = m[index + 1](F.silu(m[index](h), inplace=True)).contiguous()
         return h if self.config.not_use_tanh else torch.tanh(h)

@@ -150,7 +150,8 @@ def test_classifier_frechet_real_baseline_is_small(tmp_path):
     _, noise_features = classify_samples(model, torch.rand(40, 1, 28, 28) * 2 - 1)
     same = classifier_frechet(model, real_features, x_train, x_test, channels=1)
     noise = classifier_frechet(model, noise_features, x_train, x_test, channels=1)
-    assert same.generated_vs_test == pytest.approx(0.0, abs=1e-6)
+    # 40 samples in 128-d: singular covariances, so the 1e-6 diagonal regularisation applies
+    assert same.generated_vs_test == pytest.approx(0.0, abs=1e-3)
     assert noise.generated_vs_test > same.real_train_vs_test
     assert noise.real_train_vs_test == same.real_train_vs_test
 
