@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from model.config import DiffusionConfig, GeneratorConfig, ModelConfig
@@ -29,6 +30,15 @@ TINY_MODEL = ModelConfig(
     diffusion=DiffusionConfig(num_timesteps=4),
     dataset="tiny-test",
 )
+
+
+@pytest.fixture(autouse=False)
+def one_thread():
+    """Tiny models run fastest, and spin least on a shared machine, on one intra-op thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def tiny_config(objective: str = "ddgan", **changes) -> TrainConfig:

@@ -13,9 +13,16 @@ import torch
 from model.checkpoint import load_model
 from model.diffusion import SamplingChain
 from model.noise import chain_noise, image_seeds
-from tests.training._trainer_setup import state_digest, tiny_config, tiny_dataset
+from tests.training._trainer_setup import (
+    one_thread,  # noqa: F401 (the fixture below)
+    state_digest,
+    tiny_config,
+    tiny_dataset,
+)
 from training.data import ArrayImageDataset
 from training.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trainer(tmp_path: Path, objective: str = "ddgan", **changes) -> Trainer:

@@ -9,8 +9,13 @@ import pytest
 
 import ddgan
 from model.checkpoint import load_config
-from tests.training._trainer_setup import write_tiny_npz
+from tests.training._trainer_setup import (
+    one_thread,  # noqa: F401 (the fixture below)
+    write_tiny_npz,
+)
 from training.train_config import TrainConfig, recipe_for
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(*args: str) -> int:
