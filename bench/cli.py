@@ -13,9 +13,9 @@ BENCHMARKS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks: sampler, serve, backends (results for docs/benchmarks.md)")
+    parser = subparsers.add_parser("bench", help="benchmarks: sampler, serve, backends")
     bench_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
-    for name, module in BENCHMARKS.items():
+    for module in BENCHMARKS.values():
         try:
             importlib.import_module(module).add_parser(bench_sub)
         except ImportError:  # not written yet or an optional extra missing

@@ -57,7 +57,7 @@ def _variance_scaling_(weight: Tensor, scale: float = 1.0) -> None:
 def conv2d(in_ch: int, out_ch: int, kernel: int, init_scale: float = 1.0, bias: bool = True) -> nn.Conv2d:
     conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias)
     _variance_scaling_(conv.weight, init_scale)
-    if bias:
+    if conv.bias is not None:
         nn.init.zeros_(conv.bias)
     return conv
 
@@ -93,6 +93,8 @@ def fir_upsample(x: Tensor, kernel: Tensor) -> Tensor:
 
 class PyramidDownsample(nn.Module):
     """Input-pyramid downsample: FIR blur then a strided 3x3 conv (`conv_downsample_2d(x, w) + b`)."""
+
+    fir: Tensor  # non-persistent FIR kernel buffer
 
     def __init__(self, in_ch: int, out_ch: int, fir_taps: tuple[int, ...]) -> None:
         super().__init__()
@@ -153,6 +155,8 @@ class AdaptiveGroupNorm(nn.Module):
 
 class ResnetBlockBigGAN(nn.Module):
     """BigGAN-style residual block with AdaGN, optional FIR up/down, residual sum scaled by 1/√2."""
+
+    fir: Tensor  # non-persistent FIR kernel buffer
 
     def __init__(
         self,

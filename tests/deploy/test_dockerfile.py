@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fnmatch
-
 import tomllib
 
 from tests.deploy import dockerfile
