@@ -12,7 +12,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,17 +133,11 @@ class EngineMetadata:
     format_version: int = FORMAT_VERSION
 
 
-def make_readable(path: Path) -> None:
-    """Temporary files are created 0600; an installed artifact is read by servers running as other users."""
-    os.chmod(path, 0o644)
-
-
 def write_metadata(artifact: str | Path, metadata: OnnxMetadata | EngineMetadata) -> Path:
     """Write `artifact.json` atomically."""
     path = metadata_path(artifact)
     text = json.dumps(dataclasses.asdict(metadata), indent=2, sort_keys=True) + "\n"
     atomic_write_bytes(path, text.encode())
-    make_readable(path)
     return path
 
 

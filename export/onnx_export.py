@@ -33,11 +33,10 @@ from export.artifacts import (
     OnnxMetadata,
     Verification,
     file_sha256,
-    make_readable,
     write_metadata,
 )
 from export.ort_backend import ort_session
-from model.checkpoint import load_model, weights_digest
+from model.checkpoint import load_model, make_readable, weights_digest
 from model.config import ModelConfig
 from model.diffusion import SamplingChain
 from model.ncsnpp import NCSNpp

@@ -21,7 +21,6 @@ from export.artifacts import (
     EngineMetadata,
     engine_file_name,
     file_sha256,
-    make_readable,
     read_onnx_metadata,
     write_metadata,
 )
@@ -141,7 +140,6 @@ def build_engine(
     if serialized is None:
         raise ArtifactError(f"TensorRT failed to build an engine from {onnx_path} (see the TensorRT log above)")
     atomic_write_bytes(output, bytes(serialized))
-    make_readable(output)
     atomic_write_bytes(cache_path, bytes(config.get_timing_cache().serialize()))
     metadata = EngineMetadata(
         file=output.name,

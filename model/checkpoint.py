@@ -39,7 +39,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        _readable_by_all(tmp)
+        make_readable(tmp)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -50,7 +50,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _readable_by_all(path: str) -> None:
+def make_readable(path: str | Path) -> None:
     """mkstemp creates 0600 files; model files must be readable by a server running as another user."""
     umask = os.umask(0)
     os.umask(umask)
@@ -126,7 +126,7 @@ def save_model(directory: str | Path, config: ModelConfig, state_dict: Mapping[s
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
     os.close(fd)
     try:
-        _readable_by_all(tmp)
+        make_readable(tmp)
         save_file(tensors, tmp, metadata={"format": FORMAT_NAME, "preset": config.preset})
         os.replace(tmp, directory / WEIGHTS_FILE)
     except BaseException:
