@@ -1,13 +1,15 @@
 """Sample-quality metrics on feature vectors: Fréchet distance, Inception Score, improved precision/recall.
 
-The maths works on any features (InceptionV3 pool3 / logits for FID and IS, the MNIST classifier's penultimate
-layer for the offline metrics); feature extraction lives in `training.inception` and `training.classifier`.
+FID and IS are computed by torchmetrics (a maintained metrics library) on features we extract once with our
+InceptionV3 (`training.inception`; torchmetrics' own extractor needs torch-fidelity/torchvision, which would
+replace the CPU torch). Our `frechet_distance` serves what torchmetrics cannot take: precomputed reference
+statistics and the MNIST classifier's features (`training.mode_coverage`); a test holds it equal to torchmetrics'.
+torchmetrics has no improved precision/recall, so `precision_recall` is ours, checked against closed forms.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,19 +77,49 @@ def frechet_distance_of(features_a: np.ndarray, features_b: np.ndarray) -> float
     return frechet_distance(a.mean, a.cov, b.mean, b.cov)
 
 
-def inception_score(probabilities: np.ndarray, splits: int = 10) -> tuple[float, float]:
-    """IS = exp(E_x KL(p(y|x) ‖ p(y))) per split (Salimans et al. 2016); returns (mean, std) over splits."""
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    if probabilities.ndim != 2 or len(probabilities) < splits:
-        raise ValueError(f"need (N >= splits, classes) probabilities, got {probabilities.shape}")
-    if np.any(probabilities < 0) or not np.allclose(probabilities.sum(1), 1.0, atol=1e-4):
-        raise ValueError("rows must be probability vectors (softmax outputs)")
-    scores = []
-    for part in np.array_split(probabilities, splits):
-        marginal = part.mean(axis=0, keepdims=True)
-        kl = np.sum(part * (np.log(part + 1e-12) - np.log(marginal + 1e-12)), axis=1)
-        scores.append(math.exp(kl.mean()))
-    return float(np.mean(scores)), float(np.std(scores))
+class PrecomputedFeatures(torch.nn.Module):
+    """Identity "feature extractor" for torchmetrics: update() receives features already extracted."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def fid_of_features(real: np.ndarray | torch.Tensor, fake: np.ndarray | torch.Tensor) -> float:
+    """FID (Heusel et al. 2017, Eq. 6) of two feature sets through torchmetrics' FrechetInceptionDistance."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    real_t, fake_t = torch.as_tensor(real, dtype=torch.float64), torch.as_tensor(fake, dtype=torch.float64)
+    if real_t.ndim != 2 or fake_t.shape[1:] != real_t.shape[1:] or min(len(real_t), len(fake_t)) < 2:
+        shapes = f"{tuple(real_t.shape)} and {tuple(fake_t.shape)}"
+        raise ValueError(f"need (N >= 2, D) features for both sets, got {shapes}")
+    metric = FrechetInceptionDistance(feature=PrecomputedFeatures(real_t.shape[1]))
+    metric.update(real_t, real=True)
+    metric.update(fake_t, real=False)
+    return float(metric.compute())
+
+
+def inception_score(logits: np.ndarray | torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+    """IS = exp(E_x KL(p(y|x) ‖ p(y))) per split (Salimans et al. 2016) via torchmetrics; (mean, std) over splits.
+
+    torchmetrics shuffles the samples before splitting; `seed` makes that shuffle, and so the score, repeatable.
+    """
+    from torchmetrics.image.inception import InceptionScore
+
+    logits_t = torch.as_tensor(logits, dtype=torch.float64)
+    if logits_t.ndim != 2 or len(logits_t) < splits:
+        raise ValueError(f"need (N >= splits, classes) logits, got {tuple(logits_t.shape)}")
+    if not torch.isfinite(logits_t).all():
+        raise ValueError("logits must be finite (pass the classifier's logits, not probabilities with zeros)")
+    metric = InceptionScore(feature=PrecomputedFeatures(logits_t.shape[1]), splits=splits)
+    metric.update(logits_t)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return float(mean), float(std)
 
 
 def _pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -190,22 +222,22 @@ def inception_metrics(
     """
     from training.inception import inception_outputs
 
-    gen_features, gen_probs = inception_outputs(inception, generated, batch_size)  # type: ignore[arg-type]
-    is_mean, is_std = inception_score(gen_probs.numpy())
+    gen_features, gen_logits = inception_outputs(inception, generated, batch_size)  # type: ignore[arg-type]
+    is_mean, is_std = inception_score(gen_logits)
     result = {"inception_score": is_mean, "inception_score_std": is_std, "num_generated": len(generated)}
     gen_np = gen_features.numpy()
     try:
         stats = load_reference_stats(reference)
-        ref_features = None
     except (ValueError, OSError):
-        ref_images = load_reference_images(reference)
-        ref_features = inception_outputs(inception, uint8_to_unit(ref_images), batch_size)[0].numpy()  # type: ignore[arg-type]
-        stats = FeatureStats.of(ref_features)
-    gen_stats = FeatureStats.of(gen_np)
-    result["fid"] = frechet_distance(gen_stats.mean, gen_stats.cov, stats.mean, stats.cov)
-    if ref_features is not None:
-        n = min(pr_samples, len(gen_np), len(ref_features))
-        result["precision"], result["recall"] = precision_recall(ref_features[:n], gen_np[:n])
-    else:
+        stats = None
+    if stats is not None:
+        gen_stats = FeatureStats.of(gen_np)
+        result["fid"] = frechet_distance(gen_stats.mean, gen_stats.cov, stats.mean, stats.cov)
         logger.info("precision/recall need reference images, not statistics: skipped")
+        return result
+    ref_images = load_reference_images(reference)
+    ref_features = inception_outputs(inception, uint8_to_unit(ref_images), batch_size)[0].numpy()  # type: ignore[arg-type]
+    result["fid"] = fid_of_features(ref_features, gen_np)
+    n = min(pr_samples, len(gen_np), len(ref_features))
+    result["precision"], result["recall"] = precision_recall(ref_features[:n], gen_np[:n])
     return result

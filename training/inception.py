@@ -231,11 +231,11 @@ def load_inception(path: str | Path | None, device: str | torch.device = "cpu") 
 
 @torch.no_grad()
 def inception_outputs(model: FIDInceptionV3, images: Tensor, batch_size: int = 100) -> tuple[Tensor, Tensor]:
-    """(pool3 features (N, 2048), softmax probabilities (N, 1008)) of images in [-1, 1], float64 on the CPU."""
+    """(pool3 features (N, 2048), logits (N, 1008)) of images in [-1, 1], float64 on the CPU."""
     device = next(model.parameters()).device
-    features, probabilities = [], []
+    features, logits = [], []
     for start in range(0, len(images), batch_size):
-        pool, logits = model(images[start : start + batch_size].float().to(device))
+        pool, batch_logits = model(images[start : start + batch_size].float().to(device))
         features.append(pool.double().cpu())
-        probabilities.append(F.softmax(logits.double(), dim=1).cpu())
-    return torch.cat(features), torch.cat(probabilities)
+        logits.append(batch_logits.double().cpu())
+    return torch.cat(features), torch.cat(logits)

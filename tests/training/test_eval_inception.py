@@ -97,16 +97,64 @@ def test_weights_load_from_pth_and_safetensors(net, tmp_path):
 
 
 @pytest.mark.slow
-def test_inception_outputs_are_batch_independent_probabilities(net):
+def test_inception_outputs_are_batch_independent(net):
     x = torch.rand(2, 3, 16, 16) * 2 - 1
-    features, probs = inception_outputs(net, x, batch_size=1)
-    together, _ = inception_outputs(net, x, batch_size=2)
+    features, logits = inception_outputs(net, x, batch_size=1)
+    together, together_logits = inception_outputs(net, x, batch_size=2)
     assert features.dtype == torch.float64 and features.shape == (2, 2048)
-    torch.testing.assert_close(probs.sum(1), torch.ones(2, dtype=torch.float64))
+    assert logits.dtype == torch.float64 and logits.shape == (2, 1008)
     torch.testing.assert_close(features, together, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(logits, together_logits, rtol=1e-4, atol=1e-5)
 
 
 def test_wrong_weights_are_rejected_with_key_report(tmp_path):
     torch.save({"fc.weight": torch.zeros(1000, 2048)}, tmp_path / "bad.pth")
     with pytest.raises(InceptionWeightsError, match="missing keys"):
         load_inception(tmp_path / "bad.pth")
+
+
+@pytest.mark.slow
+def test_eval_command_reports_fid_is_and_precision_recall(tmp_path):
+    import argparse
+    import json
+
+    import numpy as np
+
+    from model.checkpoint import save_model
+    from model.config import get_preset
+    from model.sampler import random_generator
+    from training.eval_cli import register
+    from training.evaluation import FeatureStats, uint8_to_unit
+
+    config = get_preset("mnist")
+    save_model(tmp_path / "model", config, random_generator(config).state_dict())
+    torch.manual_seed(1)
+    net = FIDInceptionV3().eval()
+    for module in net.modules():  # variance-preserving init: torch's default makes the deep features vanish
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    torch.save(net.state_dict(), tmp_path / WEIGHTS_NAME)
+    reference = np.random.default_rng(0).integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "ref.npz", x_test=reference)
+    ref_features, _ = inception_outputs(net, uint8_to_unit(reference[..., None]))
+    FeatureStats.of(ref_features.numpy()).save(str(tmp_path / "ref_stats.npz"))
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    reports = {}
+    for name in ("ref.npz", "ref_stats.npz"):
+        out = tmp_path / f"{name}.json"
+        common = ["--model", str(tmp_path / "model"), "--n", "12", "--batch-size", "6", "--out", str(out)]
+        weights = ["--inception-weights", str(tmp_path / WEIGHTS_NAME), "--fid-ref", str(tmp_path / name)]
+        parsed = parser.parse_args(["eval", *common, *weights])
+        assert parsed.handler(parsed) == 0
+        reports[name] = json.loads(out.read_text())["inception"]
+
+    from_images, from_stats = reports["ref.npz"], reports["ref_stats.npz"]
+    assert from_images["fid"] > 1e-6 and 1.0 - 1e-9 <= from_images["inception_score"] <= 1008
+    assert 0.0 <= from_images["precision"] <= 1.0 and 0.0 <= from_images["recall"] <= 1.0
+    assert "precision" not in from_stats  # statistics cannot give precision/recall
+    # torchmetrics (image reference) and our Fréchet distance (statistics reference) agree on the same features;
+    # 12 samples in 2048 dimensions make both covariances singular, where the two matrix square roots differ a little
+    assert from_stats["fid"] == pytest.approx(from_images["fid"], rel=1e-2)
+    assert from_stats["inception_score"] == from_images["inception_score"]

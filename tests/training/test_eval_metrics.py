@@ -6,10 +6,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy.stats import ortho_group
 
 from training.evaluation import (
     FeatureStats,
+    fid_of_features,
     frechet_distance,
     frechet_distance_of,
     inception_score,
@@ -78,26 +80,58 @@ def test_feature_stats_round_trip(tmp_path):
     np.testing.assert_array_equal(load_reference_stats(str(tmp_path / "fid.npz")).cov, stats.cov)
 
 
+def test_fid_through_torchmetrics_matches_our_frechet_distance():
+    # two independent implementations (torchmetrics: eigenvalues of Σ1Σ2; ours: scipy sqrtm) on the same features
+    rng = np.random.default_rng(4)
+    real = rng.standard_normal((400, 6)) @ rng.standard_normal((6, 6))
+    fake = 0.3 + rng.standard_normal((300, 6)) @ rng.standard_normal((6, 6))
+    assert fid_of_features(real, fake) == pytest.approx(frechet_distance_of(real, fake), rel=1e-8)
+
+
+def test_fid_through_torchmetrics_converges_to_closed_form():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((100_000, 2))
+    y = np.array([0.5, -0.5]) + 2.0 * rng.standard_normal((100_000, 2))
+    assert fid_of_features(x, y) == pytest.approx(0.5 + 2 * (2.0 - 1.0) ** 2, abs=0.04)
+
+
+def test_fid_of_features_rejects_mismatched_sets():
+    with pytest.raises(ValueError, match="features"):
+        fid_of_features(np.zeros((5, 3)), np.zeros((5, 4)))
+
+
 def test_inception_score_extremes():
     k = 7
-    one_hot = np.tile(np.eye(k), (10, 1))  # confident and evenly spread: IS = number of classes
-    assert inception_score(one_hot, splits=2)[0] == pytest.approx(k, rel=1e-6)
-    uniform = np.full((40, k), 1.0 / k)  # no confidence: IS = 1
+    confident = np.tile(40.0 * np.eye(k), (10, 1))  # confident and evenly spread: IS = number of classes
+    assert inception_score(confident, splits=1)[0] == pytest.approx(k, rel=1e-6)
+    uniform = np.zeros((40, k))  # no confidence: IS = 1
     assert inception_score(uniform, splits=4) == pytest.approx((1.0, 0.0))
-    single = np.tile(np.eye(k)[:1], (40, 1))  # confident, one class: IS = 1
+    single = np.tile(40.0 * np.eye(k)[:1], (40, 1))  # confident, one class: IS = 1
     assert inception_score(single, splits=4)[0] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_inception_score_of_mixed_predictions():
     # two classes, each sample p = (0.9, 0.1) or (0.1, 0.9), balanced: IS = exp(KL(p ‖ (½, ½)))
-    probs = np.array([[0.9, 0.1], [0.1, 0.9]] * 50)
+    logits = np.log(np.array([[0.9, 0.1], [0.1, 0.9]] * 50))
     kl = 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)
-    assert inception_score(probs, splits=1)[0] == pytest.approx(math.exp(kl), rel=1e-6)
+    assert inception_score(logits, splits=1)[0] == pytest.approx(math.exp(kl), rel=1e-6)
 
 
-def test_inception_score_rejects_non_probabilities():
-    with pytest.raises(ValueError, match="probability"):
-        inception_score(np.ones((20, 3)), splits=2)
+def test_inception_score_is_repeatable_and_leaves_the_global_rng_alone():
+    logits = np.random.default_rng(6).standard_normal((100, 5)) * 3
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = inception_score(logits, splits=5, seed=1)
+    assert torch.rand(1) == before
+    assert inception_score(logits, splits=5, seed=1) == first
+
+
+def test_inception_score_rejects_bad_logits():
+    with pytest.raises(ValueError, match="finite"):
+        inception_score(np.log(np.eye(3).repeat(10, 0)), splits=2)
+    with pytest.raises(ValueError, match="splits"):
+        inception_score(np.zeros((3, 4)), splits=10)
 
 
 def test_precision_recall_identical_sets():
