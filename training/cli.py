@@ -159,7 +159,8 @@ def run_train(args: argparse.Namespace) -> int:
             data = args.data or run_info["data"]
         else:
             if not args.preset or not args.data:
-                raise SystemExit("ddgan train: a new run needs --preset and --data")
+                nothing_to_resume = f"{args.out} holds no run to resume; " if args.resume else ""
+                raise SystemExit(f"ddgan train: {nothing_to_resume}a new run needs --preset and --data")
             if (args.out / "checkpoints").exists() and not args.resume:
                 raise SystemExit(f"ddgan train: {args.out} already holds a run; pass --resume or choose another --out")
             config = build_config(args)

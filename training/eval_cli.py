@@ -91,18 +91,34 @@ def _write_pngs(images: torch.Tensor, seeds: list[int], grid: str | None, folder
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from model.checkpoint import CheckpointError
+    from model.config import ConfigError
+    from training.classifier import ClassifierError
+    from training.inception import InceptionWeightsError
+
+    try:
+        return _run_eval(args)
+    except (CheckpointError, ConfigError, ClassifierError, InceptionWeightsError, FileNotFoundError) as exc:
+        raise SystemExit(f"ddgan eval: {exc}") from exc
+
+
+def _run_eval(args: argparse.Namespace) -> int:
     from model.noise import image_seeds
 
     if not (args.classifier or args.inception_weights):
         raise SystemExit("ddgan eval: give --classifier (offline MNIST metrics) and/or --inception-weights + --fid-ref")
     if args.inception_weights and not args.fid_ref:
         raise SystemExit("ddgan eval: --inception-weights needs --fid-ref (reference images or statistics)")
+    if args.fid_ref and not Path(args.fid_ref).exists():
+        raise FileNotFoundError(f"--fid-ref {args.fid_ref} does not exist")
     # load everything that can fail before the (long) sampling
-    classifier = None
+    classifier, real_mnist = None, None
     if args.classifier:
-        from training.classifier import load_classifier
+        from training.classifier import load_classifier, load_mnist_npz
 
         classifier, classifier_meta = load_classifier(args.classifier, args.device)
+        if args.data:
+            real_mnist = load_mnist_npz(args.data)
     inception = None
     if args.inception_weights:
         from training.inception import load_inception
@@ -126,7 +142,7 @@ def run_eval(args: argparse.Namespace) -> int:
     text = []
     if classifier is not None:
         report["classifier"] = {"path": str(args.classifier), "test_accuracy": classifier_meta.get("test_accuracy")}
-        report.update(_offline_metrics(classifier, images, args.data, args.seed, text))
+        report.update(_offline_metrics(classifier, images, real_mnist, args.seed, text))
     if inception is not None:
         from training.evaluation import inception_metrics
 
@@ -141,8 +157,7 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _offline_metrics(classifier, images: torch.Tensor, data: str | None, seed: int, text: list[str]) -> dict:
-    from training.classifier import load_mnist_npz
+def _offline_metrics(classifier, images: torch.Tensor, real_mnist: tuple | None, seed: int, text: list[str]) -> dict:
     from training.mode_coverage import (
         classifier_frechet,
         classify_samples,
@@ -157,8 +172,8 @@ def _offline_metrics(classifier, images: torch.Tensor, data: str | None, seed: i
     modes = stacked_mode_report(probabilities) if channels == 3 else mode_report(probabilities)
     result: dict = {"modes": modes.to_dict(), "perfect_sampler_kl": perfect_sampler_kl(len(images), modes.num_modes)}
     frechet = None
-    if data:
-        x_train, _, x_test, _ = load_mnist_npz(data)
+    if real_mnist is not None:
+        x_train, _, x_test, _ = real_mnist
         frechet = classifier_frechet(classifier, features, x_train, x_test, channels, seed)
         result["classifier_frechet"] = frechet.to_dict()
     else:
@@ -181,11 +196,14 @@ def _add_train_classifier(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
-    from training.classifier import ClassifierTrainConfig, save_classifier, train_classifier
+    from training.classifier import ClassifierError, ClassifierTrainConfig, save_classifier, train_classifier
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, metadata = train_classifier(args.data, ClassifierTrainConfig(epochs=args.epochs, seed=args.seed))
+    try:
+        model, metadata = train_classifier(args.data, ClassifierTrainConfig(epochs=args.epochs, seed=args.seed))
+    except ClassifierError as exc:
+        raise SystemExit(f"ddgan train-classifier: {exc}") from exc
     save_classifier(args.out, model, metadata)
     sys.stdout.write(f"test accuracy {metadata['test_accuracy']:.4f}; saved to {args.out}\n")
     return 0

@@ -141,6 +141,15 @@ def test_train_classifier_on_tiny_data(tmp_path):
     assert meta["format"] == "ddgan-mnist-classifier" and len(meta["data_sha256"]) == 64
 
 
+def test_train_classifier_command_rejects_missing_data(tmp_path):
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    parsed = parser.parse_args(["train-classifier", "--data", str(tmp_path / "no.npz"), "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match="ddgan train-classifier: MNIST data not found"):
+        parsed.handler(parsed)
+    assert not (tmp_path / "c").exists()
+
+
 def test_classifier_frechet_real_baseline_is_small(tmp_path):
     _fake_mnist(tmp_path / "m.npz")
     x_train, _, x_test, _ = load_mnist_npz(tmp_path / "m.npz")
@@ -209,3 +218,33 @@ def test_eval_command_on_a_random_weights_model(tmp_path):
     assert sum(report["modes"]["histogram"]) == 6
     assert report["classifier_frechet"]["num_generated"] == 6
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_rejects_bad_inputs_before_sampling(tmp_path, monkeypatch):
+    from model.checkpoint import save_model
+    from model.config import get_preset
+    from model.sampler import random_generator
+    from training import eval_cli
+
+    config = get_preset("mnist")
+    save_model(tmp_path / "model", config, random_generator(config).state_dict())
+    save_classifier(tmp_path / "clf", MnistClassifier().eval(), {"format": "ddgan-mnist-classifier"})
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before the inputs were checked")
+
+    monkeypatch.setattr(eval_cli, "generate", no_sampling)
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    model, clf = ["--model", str(tmp_path / "model")], ["--classifier", str(tmp_path / "clf")]
+    cases = {
+        "MNIST data not found": [*model, *clf, "--data", str(tmp_path / "missing.npz")],
+        "not a classifier directory": [*model, "--classifier", str(tmp_path)],
+        "not a model directory": ["--model", str(tmp_path), *clf],
+        "Inception weights not found": [*model, "--inception-weights", "w.pth", "--fid-ref", str(tmp_path)],
+        "--fid-ref .* does not exist": [*model, "--inception-weights", "w.pth", "--fid-ref", str(tmp_path / "x")],
+    }
+    for message, args in cases.items():
+        parsed = parser.parse_args(["eval", *args])
+        with pytest.raises(SystemExit, match=f"ddgan eval: .*{message}"):
+            parsed.handler(parsed)

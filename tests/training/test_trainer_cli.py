@@ -32,6 +32,8 @@ def test_a_missing_data_path_fails_before_anything_is_written(tmp_path: Path) ->
 def test_a_new_run_needs_a_preset_and_data(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="needs --preset and --data"):
         _train("--out", str(tmp_path / "run"))
+    with pytest.raises(SystemExit, match="holds no run to resume; a new run needs --preset and --data"):
+        _train("--out", str(tmp_path / "run"), "--resume")
 
 
 def test_official_recipes_per_preset() -> None:
