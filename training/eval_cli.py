@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from model.checkpoint import atomic_write_bytes
@@ -47,6 +48,10 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fid-ref", help="FID reference: image folder, Keras .npz, or statistics .npz (mu/sigma)")
     p.add_argument("--out", help="write the report as JSON here")
     p.add_argument("--grid", help="write a PNG grid of the first 100 samples here")
+    p.add_argument(
+        "--class-grid",
+        help="with --classifier on MNIST: a PNG grid with one row per digit the classifier assigns (first 10 each)",
+    )
     p.add_argument("--save-samples", help="write every sample as PNG into this directory")
     p.set_defaults(handler=run_eval)
 
@@ -142,7 +147,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     text = []
     if classifier is not None:
         report["classifier"] = {"path": str(args.classifier), "test_accuracy": classifier_meta.get("test_accuracy")}
-        report.update(_offline_metrics(classifier, images, real_mnist, args.seed, text))
+        report.update(_offline_metrics(classifier, images, real_mnist, args.seed, text, args.class_grid))
     if inception is not None:
         from training.evaluation import inception_metrics
 
@@ -157,13 +162,16 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _offline_metrics(classifier, images: torch.Tensor, real_mnist: tuple | None, seed: int, text: list[str]) -> dict:
+def _offline_metrics(
+    classifier, images: torch.Tensor, real_mnist: tuple | None, seed: int, text: list[str], class_grid: str | None
+) -> dict:
     from training.mode_coverage import (
         classifier_frechet,
         classify_samples,
         format_report,
         mode_report,
         perfect_sampler_kl,
+        samples_by_class,
         stacked_mode_report,
     )
 
@@ -179,7 +187,21 @@ def _offline_metrics(classifier, images: torch.Tensor, real_mnist: tuple | None,
     else:
         logger.warning("no --data: the classifier Fréchet distance needs the real MNIST .npz; skipped")
     text.append(format_report(modes, frechet))
+    if class_grid:
+        if channels != 1:
+            logger.warning("--class-grid is for 1-channel MNIST samples; skipped")
+        else:
+            _write_class_grid(images, samples_by_class(probabilities, per_class=10), class_grid)
     return result
+
+
+def _write_class_grid(images: torch.Tensor, table, path: str) -> None:
+    from model.images import encode_png, make_grid, to_uint8
+
+    pixels = to_uint8(images)
+    blank = np.zeros_like(pixels[0])
+    cells = np.stack([pixels[index] if index >= 0 else blank for index in table.reshape(-1)])
+    atomic_write_bytes(Path(path), encode_png(make_grid(cells, columns=table.shape[1]), compress_level=6))
 
 
 # ---------------------------------------------------------------- ddgan train-classifier

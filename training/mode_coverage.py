@@ -57,6 +57,17 @@ def mode_report(probabilities: np.ndarray) -> ModeReport:
     )
 
 
+def samples_by_class(probabilities: np.ndarray, per_class: int) -> np.ndarray:
+    """(10, per_class) indices of the first samples (in seed order, not the most confident) the classifier puts
+    in each digit class; -1 where a class has fewer samples. Rows of a grid a person can check class by class."""
+    labels = probabilities.argmax(axis=1)
+    table = np.full((probabilities.shape[1], per_class), -1, dtype=np.int64)
+    for digit in range(probabilities.shape[1]):
+        members = np.flatnonzero(labels == digit)[:per_class]
+        table[digit, : len(members)] = members
+    return table
+
+
 def stacked_mode_report(channel_probabilities: np.ndarray) -> ModeReport:
     """Stacked-MNIST: probabilities (N, 3, 10), one digit per channel (R, G, B) -> 1000-mode statistics."""
     if channel_probabilities.ndim != 3 or channel_probabilities.shape[1:] != (3, 10):

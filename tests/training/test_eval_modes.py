@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from training.classifier import (
     ClassifierError,
@@ -32,6 +33,7 @@ from training.mode_coverage import (
     kl_to_uniform,
     mode_report,
     perfect_sampler_kl,
+    samples_by_class,
     stack_digits,
     stacked_mode_report,
 )
@@ -59,6 +61,17 @@ def test_mode_report_of_one_hot_predictions():
     p = np.array([2, 1, 3]) / 6
     assert report.kl_to_uniform == pytest.approx(float(np.sum(p * np.log(10 * p))))
     assert "3 / 10" in format_report(report, None)
+
+
+def test_samples_by_class_keeps_seed_order_and_marks_missing_classes():
+    labels = np.array([3, 1, 3, 3, 1, 3])
+    confidence = np.array([0.2, 0.9, 0.99, 0.5, 0.4, 0.95])
+    probs = np.eye(10)[labels] * confidence[:, None]
+    table = samples_by_class(probs, per_class=3)
+    assert table.shape == (10, 3)
+    assert table[3].tolist() == [0, 2, 3]  # first three in seed order, not the three most confident
+    assert table[1].tolist() == [1, 4, -1]
+    assert (table[[0, 2, 4, 5, 6, 7, 8, 9]] == -1).all()
 
 
 def test_stacked_modes_cover_all_1000_triples():
@@ -208,6 +221,8 @@ def test_eval_command_on_a_random_weights_model(tmp_path):
         str(out),
         "--grid",
         str(tmp_path / "g.png"),
+        "--class-grid",
+        str(tmp_path / "classes.png"),
     ]
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
@@ -218,6 +233,9 @@ def test_eval_command_on_a_random_weights_model(tmp_path):
     assert sum(report["modes"]["histogram"]) == 6
     assert report["classifier_frechet"]["num_generated"] == 6
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(tmp_path / "classes.png") as class_grid:
+        # ten rows (one per digit) of ten 32-pixel cells with 2-pixel padding
+        assert class_grid.size == (10 * 34 + 2, 10 * 34 + 2)
 
 
 def test_eval_rejects_bad_inputs_before_sampling(tmp_path, monkeypatch):
