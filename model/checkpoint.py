@@ -51,10 +51,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def make_readable(path: str | Path) -> None:
-    """mkstemp creates 0600 files; model files must be readable by a server running as another user."""
+    """Give a file (or a directory tree) the modes the umask allows: mkstemp/mkdtemp and safetensors create
+    0600/0700 entries, and model files must be readable by a server running as another user."""
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    path = Path(path)
+    if not path.is_dir():
+        os.chmod(path, 0o666 & ~umask)
+        return
+    os.chmod(path, 0o777 & ~umask)
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            os.chmod(Path(root) / name, 0o777 & ~umask)
+        for name in files:
+            os.chmod(Path(root) / name, 0o666 & ~umask)
 
 
 def expected_state_shapes(config: ModelConfig) -> dict[str, torch.Size]:
@@ -126,8 +136,8 @@ def save_model(directory: str | Path, config: ModelConfig, state_dict: Mapping[s
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS_FILE}.", suffix=".tmp")
     os.close(fd)
     try:
-        make_readable(tmp)
         save_file(tensors, tmp, metadata={"format": FORMAT_NAME, "preset": config.preset})
+        make_readable(tmp)  # after: safetensors recreates the file as 0600
         os.replace(tmp, directory / WEIGHTS_FILE)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

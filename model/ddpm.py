@@ -27,7 +27,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor
 
-from model.checkpoint import CheckpointError, atomic_write_bytes
+from model.checkpoint import CheckpointError, atomic_write_bytes, make_readable
 from model.noise import image_generators
 
 logger = logging.getLogger(__name__)
@@ -360,6 +360,7 @@ def save_ddpm(
         meta = {"format": META_FORMAT, "dataset": dataset, "trained_on": trained_on, "default_steps": steps}
         atomic_write_bytes(staging / "model_index.json", (json.dumps(index, indent=2) + "\n").encode())
         atomic_write_bytes(staging / META_FILE, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+        make_readable(staging)  # mkdtemp and safetensors create 0700 / 0600 entries
         _replace_directory(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -134,3 +134,16 @@ def test_load_model_errors(tmp_path: Path, tiny_model_dir: Path) -> None:
         load_model(tmp_path / "bad-json")
     with pytest.raises(CheckpointError, match="not found"):
         load_official_state_dict(tmp_path / "netG_404.pth", TINY_CONFIG)
+
+
+def test_saved_model_files_follow_the_umask_not_mkstemp(tmp_path: Path, tiny_state_dict: dict) -> None:
+    # a server running as another user (the Docker image's non-root user) must be able to read them
+    previous = os.umask(0o022)
+    try:
+        directory = save_model(tmp_path / "model", TINY_CONFIG, tiny_state_dict)
+    finally:
+        os.umask(previous)
+    assert {path.name: path.stat().st_mode & 0o777 for path in directory.iterdir()} == {
+        CONFIG_FILE: 0o644,
+        WEIGHTS_FILE: 0o644,
+    }

@@ -19,6 +19,7 @@ from model.ddpm import (
     is_ddpm_directory,
     load_ddpm_sampler,
     random_weights_ddpm,
+    save_ddpm,
 )
 
 
@@ -181,3 +182,16 @@ def test_save_load_round_trip_is_bit_identical(sampler: DDPMSampler) -> None:
 def test_an_unreadable_top_level_config_is_not_taken_for_a_ddpm(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{not json")
     assert find_ddpm_layout(tmp_path) is None and not is_ddpm_directory(tmp_path)
+
+
+def test_saved_ddpm_tree_follows_the_umask_not_mkdtemp(tmp_path: Path, sampler: DDPMSampler) -> None:
+    # mkdtemp (staging) and safetensors create 0700 / 0600 entries; a non-root server must read them
+    previous = os.umask(0o022)
+    try:
+        directory = save_ddpm(tmp_path / "ddpm", sampler.unet, sampler.scheduler(), dataset="tiny-test")
+    finally:
+        os.umask(previous)
+    entries = [directory, *directory.rglob("*")]
+    modes = {path.relative_to(tmp_path).as_posix(): path.stat().st_mode & 0o777 for path in entries}
+    assert modes["ddpm/unet/diffusion_pytorch_model.safetensors"] == 0o644
+    assert modes == {name: 0o755 if (tmp_path / name).is_dir() else 0o644 for name in modes}
