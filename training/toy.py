@@ -169,8 +169,8 @@ class ToyConfig:
     objective: str = "ddgan"
     num_timesteps: int = 4
     seed: int = 0
-    iterations: int = 3000
-    batch_size: int = 128
+    iterations: int = 20_000
+    batch_size: int = 256
     hidden: int = 128
     nz: int = 2
     lr_g: float = 1e-3
