@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from model.checkpoint import atomic_write_bytes
@@ -198,9 +197,9 @@ def _offline_metrics(
 def _write_class_grid(images: torch.Tensor, table, path: str) -> None:
     from model.images import encode_png, make_grid, to_uint8
 
-    pixels = to_uint8(images)
-    blank = np.zeros_like(pixels[0])
-    cells = np.stack([pixels[index] if index >= 0 else blank for index in table.reshape(-1)])
+    indices = table.reshape(-1)
+    cells = to_uint8(images[torch.from_numpy(indices.clip(min=0))])  # only the grid's cells, not every sample
+    cells[indices < 0] = 0  # a class with fewer samples than columns: blank cells
     atomic_write_bytes(Path(path), encode_png(make_grid(cells, columns=table.shape[1]), compress_level=6))
 
 
