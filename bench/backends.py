@@ -86,8 +86,8 @@ def flops_per_image(config: Any) -> float:
     """FLOPs of one image through the whole chain (T generator calls), counted on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from model.diffusion import SamplingChain
-    from model.ncsnpp import NCSNpp
+    from ddgan.model.diffusion import SamplingChain
+    from ddgan.model.ncsnpp import NCSNpp
 
     with torch.device("meta"):
         generator = NCSNpp(config.generator)
@@ -135,9 +135,9 @@ def _time(call: Callable[[], Any], warmup: int, repeats: int) -> float:
 
 def _work_model(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
     """The model directory to benchmark (random weights are saved into the work directory)."""
-    from model.checkpoint import save_model
-    from model.config import get_preset
-    from model.sampler import random_generator
+    from ddgan.model.checkpoint import save_model
+    from ddgan.model.config import get_preset
+    from ddgan.model.sampler import random_generator
 
     if args.model:
         return Path(args.model), Path(args.model).name
@@ -152,9 +152,9 @@ def _work_model(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
 
 def _loadable_dir(model_dir: Path, workdir: Path, variant: Variant, device: torch.device, max_batch: int) -> Path:
     """`model_dir` if its artifact for `variant` loads; else a work copy with a fresh export."""
-    from export.artifacts import ArtifactError
-    from export.backends import load_sampler
-    from export.onnx_export import export_onnx
+    from ddgan.export.artifacts import ArtifactError
+    from ddgan.export.backends import load_sampler
+    from ddgan.export.onnx_export import export_onnx
 
     precision = "fp16" if variant.dtype == torch.float16 else "fp32"
     try:
@@ -172,7 +172,7 @@ def _loadable_dir(model_dir: Path, workdir: Path, variant: Variant, device: torc
         export_onnx(copy, copy / onnx_name, fp16=precision == "fp16", max_batch=max(max_batch, 2))
     plan = copy / ("chain.fp16.plan" if precision == "fp16" else "chain.plan")
     if variant.backend == "tensorrt" and not plan.is_file():
-        from export.trt_build import build_engine
+        from ddgan.export.trt_build import build_engine
 
         opt = min(16, max_batch)
         build_engine(copy / onnx_name, min_batch=1, opt_batch=opt, max_batch=max_batch, fp16=precision == "fp16")
@@ -180,8 +180,8 @@ def _loadable_dir(model_dir: Path, workdir: Path, variant: Variant, device: torc
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.backends import backend_availability, load_sampler
-    from model.checkpoint import load_config
+    from ddgan.export.backends import backend_availability, load_sampler
+    from ddgan.model.checkpoint import load_config
 
     device = torch.device(args.device)
     batches = [int(b) for b in args.batch.split(",")]

@@ -6,9 +6,9 @@ import argparse
 import importlib
 
 BENCHMARKS = {
-    "sampler": "bench.sampler",
-    "serve": "bench.serve",
-    "backends": "bench.backends",
+    "sampler": "ddgan.bench.sampler",
+    "serve": "ddgan.bench.serve",
+    "backends": "ddgan.bench.backends",
 }
 
 

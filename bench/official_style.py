@@ -19,7 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.ncsnpp import AdaptiveGroupNorm, AttnBlock, NCSNpp, PyramidDownsample, ResnetBlockBigGAN, timestep_embedding
+from ddgan.model.ncsnpp import (
+    AdaptiveGroupNorm,
+    AttnBlock,
+    NCSNpp,
+    PyramidDownsample,
+    ResnetBlockBigGAN,
+    timestep_embedding,
+)
 
 _GN_EPS = 1e-6
 

@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.official_style import OfficialStyleGenerator
-from model.checkpoint import atomic_write_bytes
-from model.config import PRESETS, ModelConfig, get_preset
-from model.diffusion import SamplingChain
-from model.ncsnpp import NCSNpp
-from model.noise import image_seeds
-from model.sampler import random_weights_sampler
+from ddgan.bench.official_style import OfficialStyleGenerator
+from ddgan.model.checkpoint import atomic_write_bytes
+from ddgan.model.config import PRESETS, ModelConfig, get_preset
+from ddgan.model.diffusion import SamplingChain
+from ddgan.model.ncsnpp import NCSNpp
+from ddgan.model.noise import image_seeds
+from ddgan.model.sampler import random_weights_sampler
 
 logger = logging.getLogger(__name__)
 

@@ -82,7 +82,7 @@ def toml_value(value: Any) -> str:
 
 def reduced_registry(registry: Path, dataset: str, out: Path) -> Path:
     """The registry's entries for one dataset, with absolute paths, so the spawned server loads nothing else."""
-    from server.registry import load_registry
+    from ddgan.server.registry import load_registry
 
     entries = [m for m in load_registry(registry).models if m.dataset == dataset]
     if not entries:
@@ -101,12 +101,12 @@ def reduced_registry(registry: Path, dataset: str, out: Path) -> Path:
 def spawned_server(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
     port = free_port()
     registry = reduced_registry(args.registry, args.dataset, workdir / "registry.toml")
-    command = [sys.executable, str(REPO / "ddgan.py"), "serve", "--registry", str(registry), "--port", str(port)]
+    command = [sys.executable, "-m", "ddgan", "serve", "--registry", str(registry), "--port", str(port)]
     if args.random_weights:
         command.append("--random-weights")
     if args.torch_threads:
         command += ["--torch-threads", str(args.torch_threads)]
-    log = workdir / "server.log"
+    log = workdir / "ddgan.server.log"
     process = subprocess.Popen(command, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -175,8 +175,8 @@ async def closed_loop(
 # ----- the raw sampler -----
 def load_raw_sampler(registry: Path, dataset: str, random_weights: bool) -> Any:
     """The server's own DDGAN sampler for `dataset`, loaded in this process (no HTTP, no PNG)."""
-    from server.loader import load_entry
-    from server.registry import load_registry
+    from ddgan.server.loader import load_entry
+    from ddgan.server.registry import load_registry
 
     entry = load_registry(registry).get(dataset, "ddgan")
     if entry is None:
@@ -201,7 +201,7 @@ def png_pool_rates(images: np.ndarray, workers: list[int], count: int = 512) -> 
     """PNG images/s of the server's encoder on 1..k pool threads (PIL releases the GIL inside zlib)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from server.encoding import encode_pngs
+    from ddgan.server.encoding import encode_pngs
 
     batch = np.concatenate([images] * (count // len(images) + 1))[:count]
     rates = {}
@@ -270,7 +270,7 @@ def report(args: argparse.Namespace, url: str, levels: list[int]) -> int:
     print(f"machine: {machine()}\n")
 
     # The raw sampler runs before and after the HTTP runs: on a shared machine the mean of both is the fair base.
-    from model.images import to_uint8
+    from ddgan.model.images import to_uint8
 
     sampler = load_raw_sampler(args.registry, args.dataset, args.random_weights)
     batches = sorted({1, max_batch})

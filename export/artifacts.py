@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from model.checkpoint import atomic_write_bytes, weights_digest
+from ddgan.model.checkpoint import atomic_write_bytes, weights_digest
 
 ONNX_FORMAT = "ddgan-chain-onnx"
 ENGINE_FORMAT = "ddgan-chain-tensorrt"

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from export.artifacts import (
+from ddgan.export.artifacts import (
     ArtifactError,
     check_artifact,
     engine_build_command,
@@ -31,12 +31,12 @@ from export.artifacts import (
     read_engine_metadata,
     read_onnx_metadata,
 )
-from export.ort_backend import OnnxRuntimeChain, OnnxRuntimeUnavailableError, Provider, default_providers
-from export.torch_backend import CompiledChain, CudaGraphChain
-from export.trt_build import TensorRTUnavailableError, import_tensorrt
-from model.checkpoint import load_config, load_model
-from model.config import ConfigError, ModelConfig
-from model.sampler import DDGANSampler, RunChain, torch_chain
+from ddgan.export.ort_backend import OnnxRuntimeChain, OnnxRuntimeUnavailableError, Provider, default_providers
+from ddgan.export.torch_backend import CompiledChain, CudaGraphChain
+from ddgan.export.trt_build import TensorRTUnavailableError, import_tensorrt
+from ddgan.model.checkpoint import load_config, load_model
+from ddgan.model.config import ConfigError, ModelConfig
+from ddgan.model.sampler import DDGANSampler, RunChain, torch_chain
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def onnx_chain(
 
 
 def tensorrt_chain(model_dir: Path, device: torch.device, precision: str, artifact: Path | None = None) -> RunChain:
-    from export.trt_runtime import TensorRTChain
+    from ddgan.export.trt_runtime import TensorRTChain
 
     import_tensorrt()  # a clear "not installed / no GPU" before anything else
     path = artifact or model_dir / engine_file_name(precision)

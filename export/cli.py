@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from export.artifacts import ArtifactError
+from ddgan.export.artifacts import ArtifactError
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _export_onnx(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from export.artifacts import onnx_file_name
-    from export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx
-    from model.checkpoint import CheckpointError
+    from ddgan.export.artifacts import onnx_file_name
+    from ddgan.export.onnx_export import DEFAULT_OPSET, ExportError, export_onnx
+    from ddgan.model.checkpoint import CheckpointError
 
     output = args.output or str(Path(args.model) / onnx_file_name("fp16" if args.fp16 else "fp32"))
     try:
@@ -76,7 +76,7 @@ def _export_onnx(args: argparse.Namespace) -> int:
 
 
 def _export_trt(args: argparse.Namespace) -> int:
-    from export.trt_build import TensorRTUnavailableError, build_engine
+    from ddgan.export.trt_build import TensorRTUnavailableError, build_engine
 
     try:
         meta = build_engine(

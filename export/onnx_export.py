@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from export.artifacts import (
+from ddgan.export.artifacts import (
     BATCH_DIM,
     INPUT_NAMES,
     OUTPUT_NAME,
@@ -35,12 +35,12 @@ from export.artifacts import (
     file_sha256,
     write_metadata,
 )
-from export.ort_backend import ort_session
-from model.checkpoint import load_model, make_readable, weights_digest
-from model.config import ModelConfig
-from model.diffusion import SamplingChain
-from model.ncsnpp import NCSNpp
-from model.noise import chain_noise, image_seeds, random_seed
+from ddgan.export.ort_backend import ort_session
+from ddgan.model.checkpoint import load_model, make_readable, weights_digest
+from ddgan.model.config import ModelConfig
+from ddgan.model.diffusion import SamplingChain
+from ddgan.model.ncsnpp import NCSNpp
+from ddgan.model.noise import chain_noise, image_seeds, random_seed
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from export.artifacts import INPUT_NAMES, OUTPUT_NAME
+from ddgan.export.artifacts import INPUT_NAMES, OUTPUT_NAME
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.artifacts import (
+from ddgan.export.artifacts import (
     INPUT_NAMES,
     ArtifactError,
     EngineMetadata,
@@ -24,7 +24,7 @@ from export.artifacts import (
     read_onnx_metadata,
     write_metadata,
 )
-from model.checkpoint import atomic_write_bytes
+from ddgan.model.checkpoint import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

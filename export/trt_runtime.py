@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from export.artifacts import INPUT_NAMES, OUTPUT_NAME, ArtifactError, EngineMetadata
-from export.trt_build import current_gpu, import_tensorrt
+from ddgan.export.artifacts import INPUT_NAMES, OUTPUT_NAME, ArtifactError, EngineMetadata
+from ddgan.export.trt_build import current_gpu, import_tensorrt
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from model.config import ConfigError, ModelConfig
-from model.ncsnpp import NCSNpp
+from ddgan.model.config import ConfigError, ModelConfig
+from ddgan.model.ncsnpp import NCSNpp
 
 logger = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from model.checkpoint import CONFIG_FILE, CheckpointError, atomic_write_bytes, convert_official, load_config
-from model.config import PRESETS, ConfigError, ModelConfig, from_official_args, get_preset
-from model.images import encode_png, make_grid, to_uint8
-from model.noise import image_seeds, random_seed
+from ddgan.model.checkpoint import CONFIG_FILE, CheckpointError, atomic_write_bytes, convert_official, load_config
+from ddgan.model.config import PRESETS, ConfigError, ModelConfig, from_official_args, get_preset
+from ddgan.model.images import encode_png, make_grid, to_uint8
+from ddgan.model.noise import image_seeds, random_seed
 
 EXIT_USAGE = 2
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -165,7 +165,7 @@ def _build_sampler(args: argparse.Namespace) -> Any:
     if not model_dir.is_dir():
         raise UsageError(f"--model must be a model directory, got the file {model_dir}")
 
-    from model.ddpm import is_ddpm_directory, load_ddpm_sampler
+    from ddgan.model.ddpm import is_ddpm_directory, load_ddpm_sampler
 
     if is_ddpm_directory(model_dir):
         if args.backend != "torch":
@@ -178,7 +178,7 @@ def _build_sampler(args: argparse.Namespace) -> Any:
         )
     load_config(model_dir)  # a clear error for a foreign config.json before any backend work
     if args.backend == "torch":
-        from model.sampler import load_ddgan_sampler
+        from ddgan.model.sampler import load_ddgan_sampler
 
         return load_ddgan_sampler(model_dir, device=args.device, dtype=dtype)
     return _backend_sampler(model_dir, args.backend, args.device, dtype)
@@ -187,7 +187,7 @@ def _build_sampler(args: argparse.Namespace) -> Any:
 def _random_sampler(preset: str, kind: str, device: str, dtype: torch.dtype) -> Any:
     config = get_preset(preset)
     if kind == "ddpm":
-        from model.ddpm import UNET_ARCHITECTURES, random_weights_ddpm
+        from ddgan.model.ddpm import UNET_ARCHITECTURES, random_weights_ddpm
 
         if preset not in UNET_ARCHITECTURES:
             raise UsageError(f"no DDPM architecture for preset {preset!r}; choose one of {sorted(UNET_ARCHITECTURES)}")
@@ -195,14 +195,14 @@ def _random_sampler(preset: str, kind: str, device: str, dtype: torch.dtype) -> 
         sampler = random_weights_ddpm(preset, num_channels=channels, image_size=size, device=device, dtype=dtype)
         sampler.config = dataclasses.replace(sampler.config, dataset=config.dataset)
         return sampler
-    from model.sampler import random_weights_sampler
+    from ddgan.model.sampler import random_weights_sampler
 
     return random_weights_sampler(config, device=device, dtype=dtype)
 
 
 def _backend_sampler(model_dir: Path, backend: str, device: str, dtype: torch.dtype) -> Any:
     try:
-        backends = importlib.import_module("export.backends")
+        backends = importlib.import_module("ddgan.export.backends")
     except ImportError as exc:
         raise UsageError(
             f"--backend {backend} needs the export package (pip install -e '.[export]'), which cannot be "

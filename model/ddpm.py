@@ -27,8 +27,8 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor
 
-from model.checkpoint import CheckpointError, atomic_write_bytes, make_readable
-from model.noise import image_generators
+from ddgan.model.checkpoint import CheckpointError, atomic_write_bytes, make_readable
+from ddgan.model.noise import image_generators
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.config import DiffusionConfig
+from ddgan.model.config import DiffusionConfig
 
 _TIME_EPS = 1e-3
 

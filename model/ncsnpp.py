@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import GeneratorConfig
+from ddgan.model.config import GeneratorConfig
 
 _GN_EPS = 1e-6
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from model.checkpoint import load_model
-from model.config import ModelConfig
-from model.diffusion import SamplingChain
-from model.ncsnpp import NCSNpp
-from model.noise import ChainNoise, chain_noise
+from ddgan.model.checkpoint import load_model
+from ddgan.model.config import ModelConfig
+from ddgan.model.diffusion import SamplingChain
+from ddgan.model.ncsnpp import NCSNpp
+from ddgan.model.noise import ChainNoise, chain_noise
 
 RunChain = Callable[[Tensor, Tensor, Tensor], Tensor]
 

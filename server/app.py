@@ -8,13 +8,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-from server.errors import install_error_handlers
-from server.metrics import UNKNOWN, ServerMetrics
-from server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from server.registry import Registry, load_registry
-from server.routes import generate, health, models
-from server.runtime import LoadModel, Runtime
-from server.settings import ServerSettings
+from ddgan.server.errors import install_error_handlers
+from ddgan.server.metrics import UNKNOWN, ServerMetrics
+from ddgan.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from ddgan.server.registry import Registry, load_registry
+from ddgan.server.routes import generate, health, models
+from ddgan.server.runtime import LoadModel, Runtime
+from ddgan.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 

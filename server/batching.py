@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 from torch import Tensor
 
-from model.images import to_uint8
+from ddgan.model.images import to_uint8
 
 logger = logging.getLogger(__name__)
 

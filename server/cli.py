@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> Any:
-    from server.settings import ServerSettings
+    from ddgan.server.settings import ServerSettings
 
     fields = (
         "registry", "host", "port", "random_weights", "device", "backend", "max_images_per_request",
@@ -53,8 +53,8 @@ def settings_from_args(args: argparse.Namespace) -> Any:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from server.app import create_app
-    from server.registry import RegistryError
+    from ddgan.server.app import create_app
+    from ddgan.server.registry import RegistryError
 
     try:
         settings = settings_from_args(args)

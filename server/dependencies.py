@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.errors import APIError
-from server.metrics import ServerMetrics
-from server.runtime import Runtime
-from server.settings import ServerSettings
+from ddgan.server.errors import APIError
+from ddgan.server.metrics import ServerMetrics
+from ddgan.server.runtime import Runtime
+from ddgan.server.settings import ServerSettings
 
 
 def get_runtime(request: Request) -> Runtime:

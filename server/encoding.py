@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from model.images import encode_png, make_grid
-from server.errors import APIError
+from ddgan.model.images import encode_png, make_grid
+from ddgan.server.errors import APIError
 
 JSON, PNG, ZIP = "application/json", "image/png", "application/zip"
 SUPPORTED = (JSON, PNG, ZIP)

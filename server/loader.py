@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from server.registry import ModelEntry
+from ddgan.server.registry import ModelEntry
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +109,9 @@ def _ddgan_installed(path: Path) -> bool:
 
 
 def _load_ddgan(entry: ModelEntry, backend: str, device: str, dtype: torch.dtype, random_weights: bool) -> Any:
-    from model.checkpoint import CheckpointError, load_config
-    from model.config import ConfigError, get_preset
-    from model.sampler import load_ddgan_sampler, random_weights_sampler
+    from ddgan.model.checkpoint import CheckpointError, load_config
+    from ddgan.model.config import ConfigError, get_preset
+    from ddgan.model.sampler import load_ddgan_sampler, random_weights_sampler
 
     if random_weights:
         if backend != "torch":
@@ -131,7 +131,7 @@ def _load_ddgan(entry: ModelEntry, backend: str, device: str, dtype: torch.dtype
         except (CheckpointError, ConfigError, RuntimeError) as exc:
             raise ModelLoadError(f"cannot load {entry.path}: {exc}") from exc
     try:
-        backends = importlib.import_module("export.backends")
+        backends = importlib.import_module("ddgan.export.backends")
     except ImportError as exc:
         raise ModelLoadError(f"backend {backend!r} needs export.backends, which cannot be imported: {exc}") from exc
     try:
@@ -142,7 +142,7 @@ def _load_ddgan(entry: ModelEntry, backend: str, device: str, dtype: torch.dtype
 
 def _load_ddpm(entry: ModelEntry, device: str, dtype: torch.dtype, random_weights: bool) -> Any:
     try:
-        ddpm = importlib.import_module("model.ddpm")
+        ddpm = importlib.import_module("ddgan.model.ddpm")
     except ImportError as exc:
         raise ModelLoadError(f"the DDPM baseline needs model.ddpm, which cannot be imported: {exc}") from exc
     installed = ddpm.is_ddpm_directory(entry.path)
@@ -188,7 +188,7 @@ def _random_ddpm(ddpm: Any, entry: ModelEntry, device: str, dtype: torch.dtype, 
 
 def _dataset_shape(dataset: str) -> tuple[int, int | None]:
     """Channels and resolution of a dataset, from the DDGAN preset of the same name when there is one."""
-    from model.config import PRESETS
+    from ddgan.model.config import PRESETS
 
     if dataset not in PRESETS:
         return 3, None

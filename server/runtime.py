@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from server.batching import BatchQueue
-from server.loader import (
+from ddgan.server.batching import BatchQueue
+from ddgan.server.loader import (
     LoadedModel,
     ModelNotInstalledError,
     ModelUnavailableError,
@@ -27,9 +27,9 @@ from server.loader import (
     not_installed_reason,
     weights_present,
 )
-from server.metrics import ServerMetrics
-from server.registry import ModelEntry, Registry
-from server.settings import ServerSettings
+from ddgan.server.metrics import ServerMetrics
+from ddgan.server.registry import ModelEntry, Registry
+from ddgan.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from model.noise import MAX_SEED
+from ddgan.model.noise import MAX_SEED
 
 
 class GenerateRequest(BaseModel):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from model.checkpoint import atomic_write_bytes
+from ddgan.model.checkpoint import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

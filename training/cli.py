@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model.checkpoint import atomic_write_bytes
-from model.config import PRESETS
+from ddgan.model.checkpoint import atomic_write_bytes
+from ddgan.model.config import PRESETS
 
 logger = logging.getLogger(__name__)
 
 # Other training subcommands live in their own modules; each exposes `register(subparsers)`.
-OTHER_COMMAND_MODULES = ("training.ddpm_cli", "training.eval_cli")
+OTHER_COMMAND_MODULES = ("ddgan.training.ddpm_cli", "ddgan.training.eval_cli")
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "train_config.json"
@@ -121,7 +121,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_config(args: argparse.Namespace) -> Any:
     """The preset's recipe with the flags applied (a new run)."""
-    from training.train_config import recipe_for
+    from ddgan.training.train_config import recipe_for
 
     config = recipe_for(args.preset, args.objective)
     disc = config.discriminator
@@ -145,9 +145,9 @@ def _resumed_config(args: argparse.Namespace, saved: Any) -> Any:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from model.config import ConfigError
-    from training.data import DataError, build_dataset
-    from training.train_config import TrainConfig
+    from ddgan.model.config import ConfigError
+    from ddgan.training.data import DataError, build_dataset
+    from ddgan.training.train_config import TrainConfig
 
     if args.export_only:
         return export_run(args.out, args.export_only, args.checkpoint)
@@ -180,8 +180,8 @@ def run_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, config: Any, dataset: Any, data: str) -> int:
     import torch
 
-    from training.distributed import init_distributed, shutdown_distributed
-    from training.trainer import Trainer
+    from ddgan.training.distributed import init_distributed, shutdown_distributed
+    from ddgan.training.trainer import Trainer
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
@@ -223,10 +223,10 @@ def _train(args: argparse.Namespace, config: Any, dataset: Any, data: str) -> in
 
 def export_run(run_dir: Path, out_dir: Path, checkpoint: Path | None = None) -> int:
     """`--export-only`: the EMA generator of a run's checkpoint → a model directory (config.json + safetensors)."""
-    from model.checkpoint import save_model
-    from training.run_state import RunStateError, load_run_state
-    from training.train_config import TrainConfig
-    from training.trainer import find_checkpoint
+    from ddgan.model.checkpoint import save_model
+    from ddgan.training.run_state import RunStateError, load_run_state
+    from ddgan.training.train_config import TrainConfig
+    from ddgan.training.trainer import find_checkpoint
 
     config_file = run_dir / CONFIG_FILE
     if not config_file.is_file():

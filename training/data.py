@@ -279,11 +279,11 @@ def build_dataset(
             raise DataError(f"{path}: dataset 'image_folder' needs a folder")
         return ImageFolderDataset(path, image_size, channels, hflip)
     if kind == "cifar10":
-        from training.cifar_data import load_cifar10
+        from ddgan.training.cifar_data import load_cifar10
 
         images, labels = load_cifar10(path, train)
         return ArrayImageDataset(fit_array(images, image_size, channels), hflip, torch.from_numpy(labels))
-    from training.lmdb_data import LMDBImageDataset
+    from ddgan.training.lmdb_data import LMDBImageDataset
 
     return LMDBImageDataset(path, image_size, channels, train=train, hflip=hflip)
 

@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import CheckpointError, atomic_write_bytes
-from model.ddpm import DDPMConfig, DDPMSampler
-from model.images import encode_png, make_grid, to_uint8
-from training.data import DATASET_KINDS, DataError, build_dataset
-from training.ddpm_trainer import (
+from ddgan.model.checkpoint import CheckpointError, atomic_write_bytes
+from ddgan.model.ddpm import DDPMConfig, DDPMSampler
+from ddgan.model.images import encode_png, make_grid, to_uint8
+from ddgan.training.data import DATASET_KINDS, DataError, build_dataset
+from ddgan.training.ddpm_trainer import (
     CHECKPOINT_FILE,
     DDPM_PRESETS,
     DDPMTrainConfig,

@@ -24,9 +24,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from model.checkpoint import CheckpointError, atomic_write_bytes
-from model.ddpm import save_ddpm
-from training.data import ImageDataset
+from ddgan.model.checkpoint import CheckpointError, atomic_write_bytes
+from ddgan.model.ddpm import save_ddpm
+from ddgan.training.data import ImageDataset
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 STATE_FORMAT = "ddgan-ddpm-train-state"
@@ -289,7 +289,7 @@ def load_config_from_checkpoint(path: Path) -> DDPMTrainConfig:
 
 def stream_for(trainer: DDPMTrainer, dataset: ImageDataset, num_workers: int = 0):
     """The deterministic batch iterator that continues at the trainer's current step."""
-    from training.data import BatchStream
+    from ddgan.training.data import BatchStream
 
     stream = BatchStream(dataset, trainer.config.batch_size, seed=trainer.config.seed, num_workers=num_workers)
     return stream.batches(trainer.step)

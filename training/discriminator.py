@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import ConfigError
-from model.ncsnpp import conv2d, dense, fir_downsample, fir_kernel_2d, fir_upsample, timestep_embedding
+from ddgan.model.config import ConfigError
+from ddgan.model.ncsnpp import conv2d, dense, fir_downsample, fir_kernel_2d, fir_upsample, timestep_embedding
 
 _FIR_TAPS = (1, 3, 3, 1)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import atomic_write_bytes
+from ddgan.model.checkpoint import atomic_write_bytes
 
 logger = logging.getLogger("ddgan.eval")
 
@@ -56,20 +56,20 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_sampler(model_dir: str, device: str):
-    from model.ddpm import is_ddpm_directory
+    from ddgan.model.ddpm import is_ddpm_directory
 
     if is_ddpm_directory(model_dir):
-        from model.ddpm import load_ddpm_sampler
+        from ddgan.model.ddpm import load_ddpm_sampler
 
         return load_ddpm_sampler(model_dir, device=device)
-    from model.sampler import load_ddgan_sampler
+    from ddgan.model.sampler import load_ddgan_sampler
 
     return load_ddgan_sampler(model_dir, device=device)
 
 
 def generate(sampler, seeds: list[int], batch_size: int, steps: int | None) -> torch.Tensor:
     """Samples for explicit seeds, quantised to uint8 levels exactly as a PNG file stores them, in [-1, 1]."""
-    from model.images import to_uint8
+    from ddgan.model.images import to_uint8
 
     batches = []
     start = time.time()
@@ -84,7 +84,7 @@ def generate(sampler, seeds: list[int], batch_size: int, steps: int | None) -> t
 
 
 def _write_pngs(images: torch.Tensor, seeds: list[int], grid: str | None, folder: str | None) -> None:
-    from model.images import encode_png, make_grid, to_uint8
+    from ddgan.model.images import encode_png, make_grid, to_uint8
 
     pixels = to_uint8(images)
     if grid:
@@ -95,10 +95,10 @@ def _write_pngs(images: torch.Tensor, seeds: list[int], grid: str | None, folder
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from model.checkpoint import CheckpointError
-    from model.config import ConfigError
-    from training.classifier import ClassifierError
-    from training.inception import InceptionWeightsError
+    from ddgan.model.checkpoint import CheckpointError
+    from ddgan.model.config import ConfigError
+    from ddgan.training.classifier import ClassifierError
+    from ddgan.training.inception import InceptionWeightsError
 
     try:
         return _run_eval(args)
@@ -107,7 +107,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from model.noise import image_seeds
+    from ddgan.model.noise import image_seeds
 
     if not (args.classifier or args.inception_weights):
         raise SystemExit("ddgan eval: give --classifier (offline MNIST metrics) and/or --inception-weights + --fid-ref")
@@ -118,14 +118,14 @@ def _run_eval(args: argparse.Namespace) -> int:
     # load everything that can fail before the (long) sampling
     classifier, real_mnist = None, None
     if args.classifier:
-        from training.classifier import load_classifier, load_mnist_npz
+        from ddgan.training.classifier import load_classifier, load_mnist_npz
 
         classifier, classifier_meta = load_classifier(args.classifier, args.device)
         if args.data:
             real_mnist = load_mnist_npz(args.data)
     inception = None
     if args.inception_weights:
-        from training.inception import load_inception
+        from ddgan.training.inception import load_inception
 
         inception = load_inception(args.inception_weights, args.device)
     sampler = _load_sampler(args.model, args.device)
@@ -148,7 +148,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         report["classifier"] = {"path": str(args.classifier), "test_accuracy": classifier_meta.get("test_accuracy")}
         report.update(_offline_metrics(classifier, images, real_mnist, args.seed, text, args.class_grid))
     if inception is not None:
-        from training.evaluation import inception_metrics
+        from ddgan.training.evaluation import inception_metrics
 
         report["inception"] = inception_metrics(inception, images, args.fid_ref, batch_size=min(args.batch_size, 100))
         text.append("FID {fid:.3f}  IS {inception_score:.3f} ± {inception_score_std:.3f}".format(**report["inception"]))
@@ -164,7 +164,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _offline_metrics(
     classifier, images: torch.Tensor, real_mnist: tuple | None, seed: int, text: list[str], class_grid: str | None
 ) -> dict:
-    from training.mode_coverage import (
+    from ddgan.training.mode_coverage import (
         classifier_frechet,
         classify_samples,
         format_report,
@@ -195,7 +195,7 @@ def _offline_metrics(
 
 
 def _write_class_grid(images: torch.Tensor, table, path: str) -> None:
-    from model.images import encode_png, make_grid, to_uint8
+    from ddgan.model.images import encode_png, make_grid, to_uint8
 
     indices = table.reshape(-1)
     cells = to_uint8(images[torch.from_numpy(indices.clip(min=0))])  # only the grid's cells, not every sample
@@ -217,7 +217,7 @@ def _add_train_classifier(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
-    from training.classifier import ClassifierError, ClassifierTrainConfig, save_classifier, train_classifier
+    from ddgan.training.classifier import ClassifierError, ClassifierTrainConfig, save_classifier, train_classifier
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -234,7 +234,7 @@ def run_train_classifier(args: argparse.Namespace) -> int:
 
 
 def _add_toy(subparsers: argparse._SubParsersAction) -> None:
-    from training.toy import ToyConfig
+    from ddgan.training.toy import ToyConfig
 
     defaults = ToyConfig()
     p = subparsers.add_parser("toy", help="2-D 25-Gaussian study: GAN vs DDGAN vs SIDDM (PacGAN metrics)")
@@ -256,7 +256,7 @@ def _add_toy(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_toy(args: argparse.Namespace) -> int:
-    from training.toy import ToyConfig, format_table, run_sweep, train_toy
+    from ddgan.training.toy import ToyConfig, format_table, run_sweep, train_toy
 
     if args.table:
         runs = [run for path in args.table for run in json.loads(Path(path).read_text())]

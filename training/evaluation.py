@@ -220,7 +220,7 @@ def inception_metrics(
 
     `reference`: an image folder / Keras `.npz` (features computed here) or a statistics `.npz` (FID only).
     """
-    from training.inception import inception_outputs
+    from ddgan.training.inception import inception_outputs
 
     gen_features, gen_logits = inception_outputs(inception, generated, batch_size)  # type: ignore[arg-type]
     is_mean, is_std = inception_score(gen_logits)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from training.data import DataError, ImageDataset, pil_to_array
+from ddgan.training.data import DataError, ImageDataset, pil_to_array
 
 
 def _import_lmdb() -> Any:

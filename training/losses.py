@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.diffusion import DiffusionSchedule
+from ddgan.model.diffusion import DiffusionSchedule
 
 
 @dataclass

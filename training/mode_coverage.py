@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
-from training.classifier import MnistClassifier, classify, to_input
-from training.evaluation import frechet_distance_of
+from ddgan.training.classifier import MnistClassifier, classify, to_input
+from ddgan.training.evaluation import frechet_distance_of
 
 STACKED_SAMPLES = 26_000
 

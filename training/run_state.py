@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from model.checkpoint import atomic_write_bytes
+from ddgan.model.checkpoint import atomic_write_bytes
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest.json"

@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.checkpoint import atomic_write_bytes
-from model.config import DiffusionConfig
-from model.diffusion import DiffusionSchedule, SamplingChain
-from training.evaluation import frechet_distance
+from ddgan.model.checkpoint import atomic_write_bytes
+from ddgan.model.config import DiffusionConfig
+from ddgan.model.diffusion import DiffusionSchedule, SamplingChain
+from ddgan.training.evaluation import frechet_distance
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.config import ConfigError, ModelConfig, get_preset
-from training.discriminator import DiscriminatorConfig
+from ddgan.model.config import ConfigError, ModelConfig, get_preset
+from ddgan.training.discriminator import DiscriminatorConfig
 
 OBJECTIVES = ("ddgan", "siddm")
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -21,17 +21,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model.checkpoint import atomic_write_bytes, save_model
-from model.diffusion import DiffusionSchedule, SamplingChain
-from model.images import encode_png, make_grid, to_uint8
-from model.ncsnpp import NCSNpp
-from model.noise import chain_noise, image_seeds
-from training import losses
-from training.data import BatchStream, ImageDataset
-from training.discriminator import Discriminator
-from training.distributed import DistContext, any_rank, average_gradients, broadcast_parameters, mean_over_ranks
-from training.run_state import latest_checkpoint, load_run_state, save_run_state
-from training.train_config import TrainConfig
+from ddgan.model.checkpoint import atomic_write_bytes, save_model
+from ddgan.model.diffusion import DiffusionSchedule, SamplingChain
+from ddgan.model.images import encode_png, make_grid, to_uint8
+from ddgan.model.ncsnpp import NCSNpp
+from ddgan.model.noise import chain_noise, image_seeds
+from ddgan.training import losses
+from ddgan.training.data import BatchStream, ImageDataset
+from ddgan.training.discriminator import Discriminator
+from ddgan.training.distributed import DistContext, any_rank, average_gradients, broadcast_parameters, mean_over_ranks
+from ddgan.training.run_state import latest_checkpoint, load_run_state, save_run_state
+from ddgan.training.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from model.noise import image_seeds, random_seed
-from server.batching import (
+from ddgan.model.noise import image_seeds, random_seed
+from ddgan.server.batching import (
     BatchFailedError,
     BatchQueue,
     DeadlineExceededError,
@@ -21,12 +21,12 @@ from server.batching import (
     QueueClosedError,
     QueueFullError,
 )
-from server.dependencies import ApiKey, MetricsDep, RuntimeDep
-from server.encoding import JSON, PNG, ZIP, build_zip, encode_grid, encode_pngs, negotiate
-from server.errors import APIError
-from server.metrics import UNKNOWN
-from server.runtime import ModelState, Runtime, ServedModel
-from server.schemas import ErrorResponse, GenerateRequest, GenerateResponse, LatencyMs
+from ddgan.server.dependencies import ApiKey, MetricsDep, RuntimeDep
+from ddgan.server.encoding import JSON, PNG, ZIP, build_zip, encode_grid, encode_pngs, negotiate
+from ddgan.server.errors import APIError
+from ddgan.server.metrics import UNKNOWN
+from ddgan.server.runtime import ModelState, Runtime, ServedModel
+from ddgan.server.schemas import ErrorResponse, GenerateRequest, GenerateResponse, LatencyMs
 
 router = APIRouter(tags=["generate"])
 

@@ -7,8 +7,8 @@ import time
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from server.dependencies import MetricsDep, RuntimeDep
-from server.schemas import Health, ModelReadiness, Readiness
+from ddgan.server.dependencies import MetricsDep, RuntimeDep
+from ddgan.server.schemas import Health, ModelReadiness, Readiness
 
 router = APIRouter(tags=["operations"])
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.dependencies import ApiKey, RuntimeDep, SettingsDep
-from server.runtime import ModelState, ServedModel
-from server.schemas import ErrorResponse, ModelInfo, ModelList
+from ddgan.server.dependencies import ApiKey, RuntimeDep, SettingsDep
+from ddgan.server.runtime import ModelState, ServedModel
+from ddgan.server.schemas import ErrorResponse, ModelInfo, ModelList
 
 router = APIRouter(tags=["models"])
 

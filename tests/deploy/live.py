@@ -44,10 +44,10 @@ def build_tiny_models(root: Path) -> Path:
     """A tiny DDGAN and a tiny DDPM of one dataset, plus their registry; returns the registry path."""
     from diffusers import DDPMScheduler
 
-    from model.checkpoint import save_model
-    from model.config import DiffusionConfig, GeneratorConfig, ModelConfig
-    from model.ddpm import build_unet, save_ddpm
-    from model.sampler import random_generator
+    from ddgan.model.checkpoint import save_model
+    from ddgan.model.config import DiffusionConfig, GeneratorConfig, ModelConfig
+    from ddgan.model.ddpm import build_unet, save_ddpm
+    from ddgan.model.sampler import random_generator
 
     generator = GeneratorConfig(
         num_channels=1,
@@ -133,7 +133,7 @@ def ddgan_serve(registry: Path, workdir: Path, timeout_s: float = 120.0) -> Iter
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DDGAN_")}
     env.update({"DDGAN_PNG_WORKERS": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
-    command = [sys.executable, str(REPO / "ddgan.py"), "serve", "--registry", str(registry)]
+    command = [sys.executable, "-m", "ddgan", "serve", "--registry", str(registry)]
     command += ["--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     with _process(command, workdir / "serve.log", env) as process:

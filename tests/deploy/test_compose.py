@@ -108,7 +108,7 @@ def test_healthchecks(services: dict) -> None:
 
 
 def test_server_environment_is_valid_server_settings(services: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    from server.settings import ServerSettings
+    from ddgan.server.settings import ServerSettings
 
     environment = services["server"]["environment"]
     fields = set(ServerSettings.model_fields)

@@ -29,9 +29,9 @@ def board() -> dict:
 @pytest.fixture(scope="module")
 def exported() -> set[str]:
     """Series names on the app's /metrics page (a registry of two models; nothing needs to load for this)."""
-    from server.app import create_app
-    from server.registry import parse_registry
-    from server.settings import ServerSettings
+    from ddgan.server.app import create_app
+    from ddgan.server.registry import parse_registry
+    from ddgan.server.settings import ServerSettings
 
     models = [{"dataset": "mnist", "sampler": "ddgan", "path": "mnist"}]
     models.append({"dataset": "mnist", "sampler": "ddpm", "path": "mnist-ddpm"})

@@ -40,7 +40,11 @@ def test_every_python_package_and_the_bundled_models_are_copied() -> None:
     packages = {p.name for p in REPO.iterdir() if (p / "__init__.py").is_file()}
     wanted = {p for p in packages if any(fnmatch.fnmatch(p, pattern) for pattern in patterns)}
     assert wanted <= sources, f"packages missing from the image: {wanted - sources}"
-    assert {"pyproject.toml", PYPROJECT["project"]["readme"], "ddgan.py", "models"} <= sources
+    # ddgan/ links to the top-level folders it installs: each link's target must be in the image as well.
+    linked = {link.resolve().name for link in (REPO / "ddgan").iterdir() if link.is_symlink()}
+    assert linked == {"model", "server", "export", "training", "bench"}
+    assert linked <= sources, f"folders ddgan/ links to but the image lacks: {linked - sources}"
+    assert {"pyproject.toml", PYPROJECT["project"]["readme"], "ddgan", "models"} <= sources
     assert ("models", "/models") in {(s, d) for sources, d, _ in _copies() for s in sources}
 
 
@@ -65,14 +69,14 @@ def test_runtime_runs_ddgan_serve_as_a_non_root_user_with_a_readiness_healthchec
     assert any("useradd --system --uid 10001" in i.arguments for i in runtime if i.keyword == "RUN")
     (cmd,) = [i.words() for i in runtime if i.keyword == "CMD"]
     assert cmd == ["ddgan", "serve"]
-    assert PYPROJECT["project"]["scripts"]["ddgan"] == "ddgan:main"
+    assert PYPROJECT["project"]["scripts"]["ddgan"] == "ddgan.cli:main"
     (healthcheck,) = [i.arguments for i in runtime if i.keyword == "HEALTHCHECK"]
     assert healthcheck.split("CMD", 1)[1].strip() == '["python3", "/opt/ddgan/healthcheck.py"]'
     assert (["docker/healthcheck.py", "docker/loadgen.py"], "/opt/ddgan/") in [(s, d) for s, d, _ in _copies()]
 
 
 def test_runtime_environment_is_server_settings() -> None:
-    from server.settings import ServerSettings
+    from ddgan.server.settings import ServerSettings
 
     environment = dockerfile.env(stage=1)
     server_settings = {k: v for k, v in environment.items() if k.startswith("DDGAN_")}

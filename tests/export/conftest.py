@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import save_model
-from model.config import DiffusionConfig, GeneratorConfig, ModelConfig
-from model.sampler import random_generator
+from ddgan.model.checkpoint import save_model
+from ddgan.model.config import DiffusionConfig, GeneratorConfig, ModelConfig
+from ddgan.model.sampler import random_generator
 
 
 def tiny_config(ch_mult: tuple[int, ...] = (1, 2), num_timesteps: int = 2) -> ModelConfig:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from export.artifacts import metadata_path, read_engine_metadata
-from export.backends import load_sampler
-from export.onnx_export import export_onnx
+from ddgan.export.artifacts import metadata_path, read_engine_metadata
+from ddgan.export.backends import load_sampler
+from ddgan.export.onnx_export import export_onnx
 from tests.export.conftest import make_model_dir, tiny_config
 
 pytestmark = [
@@ -36,7 +36,7 @@ def reference(gpu_dir: Path) -> torch.Tensor:
 
 @needs_tensorrt
 def test_tensorrt_engine_matches_torch_and_records_its_target(gpu_dir: Path, reference: torch.Tensor) -> None:
-    from export.trt_build import build_engine
+    from ddgan.export.trt_build import build_engine
 
     meta = build_engine(gpu_dir / "chain.onnx", min_batch=1, opt_batch=4, max_batch=4)
     assert (gpu_dir / "chain.plan").is_file() and (gpu_dir / "trt-timing.cache").is_file()
@@ -48,8 +48,8 @@ def test_tensorrt_engine_matches_torch_and_records_its_target(gpu_dir: Path, ref
 
 @needs_tensorrt
 def test_engine_for_another_gpu_is_refused_with_the_reason(gpu_dir: Path) -> None:
-    from export.trt_build import build_engine
-    from export.trt_runtime import EngineMismatchError
+    from ddgan.export.trt_build import build_engine
+    from ddgan.export.trt_runtime import EngineMismatchError
 
     if not (gpu_dir / "chain.plan").is_file():
         build_engine(gpu_dir / "chain.onnx", min_batch=1, opt_batch=4, max_batch=4)

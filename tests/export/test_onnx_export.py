@@ -12,17 +12,17 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import ddgan
-from export.artifacts import (
+import ddgan.cli
+from ddgan.export.artifacts import (
     ArtifactError,
     StaleArtifactError,
     metadata_path,
     read_onnx_metadata,
 )
-from export.backends import BackendError, available_backends, backend_availability, load_sampler
-from export.onnx_export import ExportError, batch_dims, check_onnx_file, export_chain, export_onnx
-from model.checkpoint import load_model, weights_digest
-from model.sampler import load_ddgan_sampler
+from ddgan.export.backends import BackendError, available_backends, backend_availability, load_sampler
+from ddgan.export.onnx_export import ExportError, batch_dims, check_onnx_file, export_chain, export_onnx
+from ddgan.model.checkpoint import load_model, weights_digest
+from ddgan.model.sampler import load_ddgan_sampler
 from tests.export.conftest import make_model_dir, tiny_config
 
 
@@ -30,7 +30,7 @@ from tests.export.conftest import make_model_dir, tiny_config
 def exported(tiny_dir: Path) -> Path:
     """`ddgan export onnx` through the CLI entry point, as a user runs it."""
     output = tiny_dir / "chain.onnx"
-    assert ddgan.main(["export", "onnx", "--model", str(tiny_dir), "-o", str(output), "--max-batch", "32"]) == 0
+    assert ddgan.cli.main(["export", "onnx", "--model", str(tiny_dir), "-o", str(output), "--max-batch", "32"]) == 0
     return output
 
 
@@ -130,7 +130,7 @@ def test_trt_without_tensorrt_or_gpu_exits_nonzero_with_a_clear_message(
 ) -> None:
     if torch.cuda.is_available() and importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT and a GPU are present: building is covered by the gpu tests")
-    code = ddgan.main(["export", "trt", "--onnx", str(exported), "--opt-batch", "4", "--max-batch", "8"])
+    code = ddgan.cli.main(["export", "trt", "--onnx", str(exported), "--opt-batch", "4", "--max-batch", "8"])
     assert code != 0
     assert "TensorRT backend unavailable" in caplog.text
     assert "no CUDA GPU" in caplog.text or "not importable" in caplog.text

@@ -8,9 +8,9 @@ import onnx
 import pytest
 import torch
 
-from export.backends import load_sampler
-from export.onnx_export import FP16_TOLERANCE, batch_dims, export_onnx
-from model.sampler import load_ddgan_sampler
+from ddgan.export.backends import load_sampler
+from ddgan.export.onnx_export import FP16_TOLERANCE, batch_dims, export_onnx
+from ddgan.model.sampler import load_ddgan_sampler
 from tests.export.conftest import make_model_dir, tiny_config
 
 

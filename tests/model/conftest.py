@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import save_model
-from model.config import DiffusionConfig, GeneratorConfig, ModelConfig
-from model.sampler import random_generator
+from ddgan.model.checkpoint import save_model
+from ddgan.model.config import DiffusionConfig, GeneratorConfig, ModelConfig
+from ddgan.model.sampler import random_generator
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
 PARITY_FIXTURE = SHARED / "reference" / "ddgan_parity_tiny.pt"
@@ -52,7 +52,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_state_dict: di
 
 @pytest.fixture(scope="session")
 def tiny_ddpm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model.ddpm import random_weights_ddpm, save_ddpm
+    from ddgan.model.ddpm import random_weights_ddpm, save_ddpm
 
     sampler = random_weights_ddpm("tiny", num_channels=3, default_steps=3, seed=2)
     directory = tmp_path_factory.mktemp("models") / "tiny-ddpm"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import (
+from ddgan.model.checkpoint import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     CheckpointError,
@@ -22,9 +22,9 @@ from model.checkpoint import (
     save_model,
     weights_digest,
 )
-from model.config import get_preset
-from model.noise import chain_noise
-from model.sampler import load_ddgan_sampler, random_generator, torch_chain
+from ddgan.model.config import get_preset
+from ddgan.model.noise import chain_noise
+from ddgan.model.sampler import load_ddgan_sampler, random_generator, torch_chain
 
 from .conftest import TINY_CONFIG
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-import ddgan
-from model.checkpoint import CONFIG_FILE, load_config, load_model
-from model.config import PRESETS
-from model.images import make_grid, to_uint8
-from model.sampler import load_ddgan_sampler
+import ddgan.cli
+from ddgan.model.checkpoint import CONFIG_FILE, load_config, load_model
+from ddgan.model.config import PRESETS
+from ddgan.model.images import make_grid, to_uint8
+from ddgan.model.sampler import load_ddgan_sampler
 
 from .conftest import TINY_CONFIG
 
@@ -32,7 +32,7 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], *fragments: str) -> None
 
 def test_sample_writes_one_png_per_seed_and_a_grid(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     out = tmp_path / "out"
-    code = ddgan.main(["sample", "--model", str(tiny_model_dir), "-n", "5", "--seed", "7", "-o", str(out),
+    code = ddgan.cli.main(["sample", "--model", str(tiny_model_dir), "-n", "5", "--seed", "7", "-o", str(out),
                        "--batch-size", "2"])  # fmt: skip
     assert code == 0
     assert _pngs(out) == ["10.png", "11.png", "7.png", "8.png", "9.png", "grid.png"]
@@ -50,14 +50,14 @@ def test_sample_writes_one_png_per_seed_and_a_grid(tmp_path: Path, tiny_model_di
 def test_fixed_batch_gives_the_same_png_bytes_for_a_seed(tmp_path: Path, tiny_model_dir: Path) -> None:
     for name, n, seed in (("a", 3, 4), ("b", 1, 5)):
         args = ["sample", "--model", str(tiny_model_dir), "-n", str(n), "--seed", str(seed), "-o", str(tmp_path / name)]
-        assert ddgan.main([*args, "--fixed-batch", "2"]) == 0
+        assert ddgan.cli.main([*args, "--fixed-batch", "2"]) == 0
     assert (tmp_path / "a" / "5.png").read_bytes() == (tmp_path / "b" / "5.png").read_bytes()
 
 
 def test_random_weights_say_so_in_output_and_files(tmp_path: Path, capsys) -> None:
     out = tmp_path / "random"
     assert (
-        ddgan.main(["sample", "--preset", "mnist", "--random-weights", "-n", "2", "--seed", "0", "-o", str(out)]) == 0
+        ddgan.cli.main(["sample", "--preset", "mnist", "--random-weights", "-n", "2", "--seed", "0", "-o", str(out)]) == 0
     )
     assert _pngs(out) == ["random-weights-0.png", "random-weights-1.png", "random-weights-grid.png"]
     assert "RANDOM WEIGHTS" in (out / "README.txt").read_text()
@@ -68,7 +68,7 @@ def test_random_weights_say_so_in_output_and_files(tmp_path: Path, capsys) -> No
 def test_sample_a_ddpm_directory_with_steps(tmp_path: Path, tiny_ddpm_dir: Path, capsys) -> None:
     out = tmp_path / "ddpm"
     assert (
-        ddgan.main(["sample", "--model", str(tiny_ddpm_dir), "-n", "2", "--seed", "3", "--steps", "2", "-o", str(out)])
+        ddgan.cli.main(["sample", "--model", str(tiny_ddpm_dir), "-n", "2", "--seed", "3", "--steps", "2", "-o", str(out)])
         == 0
     )
     assert _pngs(out) == ["3.png", "4.png", "grid.png"]
@@ -94,7 +94,7 @@ def test_sample_errors_are_one_line_with_exit_code_2(
 ) -> None:
     values = {"tmp": str(tmp_path), "tiny": str(tiny_model_dir), "ddpm": str(tiny_ddpm_dir)}
     argv = ["sample", *(a.format(**values) for a in extra), "-o", str(tmp_path / "out")]
-    assert ddgan.main(argv) == 2
+    assert ddgan.cli.main(argv) == 2
     _one_line_error(capsys, "ddgan sample: error:", *fragments)
     assert not (tmp_path / "out").exists()
 
@@ -106,13 +106,13 @@ def test_sample_refuses_a_checkpoint_that_does_not_fit_its_config(tmp_path: Path
     config = json.loads((tiny_model_dir / CONFIG_FILE).read_text())
     config["generator"]["num_channels_dae"] = 16
     (wrong / CONFIG_FILE).write_text(json.dumps(config))
-    assert ddgan.main(["sample", "--model", str(wrong), "-o", str(tmp_path / "out")]) == 2
+    assert ddgan.cli.main(["sample", "--model", str(wrong), "-o", str(tmp_path / "out")]) == 2
     _one_line_error(capsys, "does not match preset 'tiny'", "shape mismatches")
 
 
 def test_unknown_backend_is_a_clear_error(tmp_path: Path, tiny_model_dir: Path, capsys) -> None:
     argv = ["sample", "--model", str(tiny_model_dir), "--backend", "no-such-backend", "-o", str(tmp_path / "o")]
-    assert ddgan.main(argv) == 2
+    assert ddgan.cli.main(argv) == 2
     _one_line_error(capsys, "no-such-backend")
 
 
@@ -128,7 +128,7 @@ def test_convert_with_official_args(tmp_path: Path, tiny_state_dict: dict, capsy
     argv = ["convert", str(source), "-o", str(out), "--name", "tiny", "--dataset", "tiny-test", "--official-args",
             f"num_channels_dae={g.num_channels_dae}", "ch_mult=1,2", "num_res_blocks=1", "attn_resolutions=[8]",
             "image_size=16", f"nz={g.nz}", f"z_emb_dim={g.z_emb_dim}", "n_mlp=1", "num_timesteps=4"]  # fmt: skip
-    assert ddgan.main(argv) == 0
+    assert ddgan.cli.main(argv) == 0
     assert load_config(out) == TINY_CONFIG.replace(trained_on="official checkpoint netG_50.pth")
     _, net = load_model(out)
     assert all(torch.equal(net.state_dict()[k], v) for k, v in tiny_state_dict.items())
@@ -139,22 +139,22 @@ def test_convert_with_official_args(tmp_path: Path, tiny_state_dict: dict, capsy
     official.update(image_size=16, nz=4, z_emb_dim=8, n_mlp=1)
     options.write_text(json.dumps(official))
     again = ["convert", str(source), "-o", str(out), "--official-args-file", str(options)]
-    assert ddgan.main(again) == 2
+    assert ddgan.cli.main(again) == 2
     _one_line_error(capsys, "--force")
-    assert ddgan.main([*again, "--force"]) == 0
+    assert ddgan.cli.main([*again, "--force"]) == 0
     assert load_config(out).generator == TINY_CONFIG.generator
 
 
 def test_convert_errors(tmp_path: Path, tiny_state_dict: dict, capsys) -> None:
     source = _official_pth(tmp_path / "netG_50.pth", tiny_state_dict)
-    assert ddgan.main(["convert", str(source), "--preset", "mnist", "-o", str(tmp_path / "m")]) == 2
+    assert ddgan.cli.main(["convert", str(source), "--preset", "mnist", "-o", str(tmp_path / "m")]) == 2
     _one_line_error(capsys, "does not match preset 'mnist'", "missing keys", "unexpected keys")
     assert not (tmp_path / "m").exists()
-    assert ddgan.main(["convert", str(tmp_path / "netG_0.pth"), "--preset", "mnist", "-o", str(tmp_path / "m")]) == 2
+    assert ddgan.cli.main(["convert", str(tmp_path / "netG_0.pth"), "--preset", "mnist", "-o", str(tmp_path / "m")]) == 2
     _one_line_error(capsys, "checkpoint not found")
-    assert ddgan.main(["convert", str(source), "--official-args", "nz", "-o", str(tmp_path / "m")]) == 2
+    assert ddgan.cli.main(["convert", str(source), "--official-args", "nz", "-o", str(tmp_path / "m")]) == 2
     _one_line_error(capsys, "KEY=VALUE")
-    assert ddgan.main(["convert", str(source), "--official-args", "nz=4", "-o", str(tmp_path / "m")]) == 2
+    assert ddgan.cli.main(["convert", str(source), "--official-args", "nz=4", "-o", str(tmp_path / "m")]) == 2
     _one_line_error(capsys, "ch_mult")
 
 
@@ -162,5 +162,5 @@ def test_convert_with_a_preset(tmp_path: Path, tiny_state_dict: dict, monkeypatc
     """`--preset`: a tiny stand-in preset (full-size ones would need 190 MB of random weights)."""
     monkeypatch.setitem(PRESETS, "tiny", TINY_CONFIG)
     source = _official_pth(tmp_path / "netG_75.pth", tiny_state_dict)
-    assert ddgan.main(["convert", str(source), "--preset", "tiny", "-o", str(tmp_path / "p")]) == 0
+    assert ddgan.cli.main(["convert", str(source), "--preset", "tiny", "-o", str(tmp_path / "p")]) == 0
     assert load_ddgan_sampler(tmp_path / "p").sample([1]).shape == (1, 3, 16, 16)

@@ -7,8 +7,8 @@ from argparse import Namespace
 
 import pytest
 
-from model.checkpoint import expected_state_shapes
-from model.config import (
+from ddgan.model.checkpoint import expected_state_shapes
+from ddgan.model.config import (
     PRESETS,
     ConfigError,
     DiffusionConfig,

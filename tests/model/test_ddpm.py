@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.checkpoint import CheckpointError
-from model.ddpm import (
+from ddgan.model.checkpoint import CheckpointError
+from ddgan.model.ddpm import (
     DDPMSampler,
     find_ddpm_layout,
     is_ddpm_directory,

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from model.config import DiffusionConfig
-from model.diffusion import DiffusionSchedule, SamplingChain, vp_betas
+from ddgan.model.config import DiffusionConfig
+from ddgan.model.diffusion import DiffusionSchedule, SamplingChain, vp_betas
 
 # ddgan-spec §4.2, float32 values as the official code computes them (beta_min 0.1, beta_max 20).
 SPEC_TABLES = {

@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.official_style import OfficialStyleGenerator, conv_downsample_2d, downsample_2d, upsample_2d
-from model.config import GeneratorConfig, from_official_args
-from model.ncsnpp import (
+from ddgan.bench.official_style import OfficialStyleGenerator, conv_downsample_2d, downsample_2d, upsample_2d
+from ddgan.model.config import GeneratorConfig, from_official_args
+from ddgan.model.ncsnpp import (
     AdaptiveGroupNorm,
     AttnBlock,
     NCSNpp,
@@ -159,7 +159,7 @@ def test_resnet_block_forward_and_gradients_match_reference(resample: str) -> No
 
     Run in float64 so that summation order cannot hide or fake a difference.
     """
-    from bench.official_style import resnet_block
+    from ddgan.bench.official_style import resnet_block
 
     block = ResnetBlockBigGAN(
         8, 12, temb_dim=6, z_emb_dim=5, fir_taps=TAPS, up=resample == "up", down=resample == "down"

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from model.checkpoint import check_state_dict
-from model.config import from_official_args
-from model.diffusion import DiffusionSchedule, SamplingChain
-from model.ncsnpp import NCSNpp
+from ddgan.model.checkpoint import check_state_dict
+from ddgan.model.config import from_official_args
+from ddgan.model.diffusion import DiffusionSchedule, SamplingChain
+from ddgan.model.ncsnpp import NCSNpp
 
 TOLERANCE = 1e-5
 

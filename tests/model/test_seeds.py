@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.noise import MAX_SEED, chain_noise, image_generators, image_seeds
-from model.sampler import DDGANSampler, random_weights_sampler
+from ddgan.model.noise import MAX_SEED, chain_noise, image_generators, image_seeds
+from ddgan.model.sampler import DDGANSampler, random_weights_sampler
 
 from .conftest import TINY_CONFIG
 

@@ -14,13 +14,13 @@ import pytest_asyncio
 import torch
 from fastapi import FastAPI
 
-from model.checkpoint import save_model
-from model.config import DiffusionConfig, GeneratorConfig, ModelConfig
-from model.sampler import random_generator
-from server.app import create_app
-from server.loader import LoadedModel, load_entry
-from server.registry import ModelEntry, load_registry
-from server.settings import ServerSettings
+from ddgan.model.checkpoint import save_model
+from ddgan.model.config import DiffusionConfig, GeneratorConfig, ModelConfig
+from ddgan.model.sampler import random_generator
+from ddgan.server.app import create_app
+from ddgan.server.loader import LoadedModel, load_entry
+from ddgan.server.registry import ModelEntry, load_registry
+from ddgan.server.settings import ServerSettings
 
 TINY_DDGAN = ModelConfig(
     preset="tiny",
@@ -50,7 +50,7 @@ def build_tiny_models(root: Path) -> Path:
     """A DDGAN (16x16x1, T=2) and a DDPM (16x16x1) in our/diffusers formats, and a registry over them."""
     from diffusers import DDPMScheduler
 
-    from model.ddpm import build_unet, save_ddpm
+    from ddgan.model.ddpm import build_unet, save_ddpm
 
     save_model(root / "tiny-ddgan", TINY_DDGAN, random_generator(TINY_DDGAN, seed=3).state_dict())
     unet = build_unet("tiny", num_channels=1, seed=4)

@@ -23,7 +23,7 @@ def pixels(body: dict) -> np.ndarray:
 async def test_onnxruntime_backend_matches_torch_and_missing_export_is_explained(tiny_models, started, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from export.onnx_export import export_onnx
+    from ddgan.export.onnx_export import export_onnx
 
     exported = tmp_path / "exported"
     shutil.copytree(tiny_models / "tiny-ddgan", exported)

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from server.batching import (
+from ddgan.server.batching import (
     BatchFailedError,
     BatchQueue,
     DeadlineExceededError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.settings import ServerSettings
+from ddgan.server.settings import ServerSettings
 from tests.server.conftest import error_of, make_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.images import to_uint8
-from model.sampler import load_ddgan_sampler
+from ddgan.model.images import to_uint8
+from ddgan.model.sampler import load_ddgan_sampler
 from tests.server.conftest import DDPM_DEFAULT_STEPS, make_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from server.encoding import negotiate
-from server.errors import APIError
-from server.registry import RegistryError, load_registry
+from ddgan.server.encoding import negotiate
+from ddgan.server.errors import APIError
+from ddgan.server.registry import RegistryError, load_registry
 
 MINIMAL = '[[models]]\ndataset = "mnist"\npath = "mnist"\n'
 
@@ -108,12 +108,12 @@ def test_negotiation_refuses(accept):
 
 
 def test_serve_cli_rejects_a_bad_registry_naming_the_field(tmp_path, capsys):
-    import ddgan
+    import ddgan.cli
 
     bad = write(tmp_path, MINIMAL + "max_wait_ms = -1\n")
-    assert ddgan.main(["serve", "--registry", str(bad)]) == 2
+    assert ddgan.cli.main(["serve", "--registry", str(bad)]) == 2
     assert "models.0.max_wait_ms" in capsys.readouterr().err
-    assert ddgan.main(["serve", "--registry", str(tmp_path / "nope.toml")]) == 2
+    assert ddgan.cli.main(["serve", "--registry", str(tmp_path / "nope.toml")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert ddgan.main(["serve", "--registry", str(bad), "--png-workers", "0"]) == 2
+    assert ddgan.cli.main(["serve", "--registry", str(bad), "--png-workers", "0"]) == 2
     assert "png_workers" in capsys.readouterr().err

@@ -36,7 +36,7 @@ class Server:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "DDGAN_SHUTDOWN_TIMEOUT_S": "20"}
-        command = [sys.executable, "ddgan.py", "serve", "--registry", str(registry), "--port", str(self.port),
+        command = [sys.executable, "-m", "ddgan", "serve", "--registry", str(registry), "--port", str(self.port),
                    "--torch-threads", "1", "--png-workers", "2"]  # fmt: skip
         self.log = log
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
@@ -76,7 +76,7 @@ def uvicorn_registry(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(uvicorn_registry(tiny_models), tmp_path_factory.mktemp("log") / "server.log")
+    running = Server(uvicorn_registry(tiny_models), tmp_path_factory.mktemp("log") / "ddgan.server.log")
     try:
         running.wait_ready()
         yield running
@@ -191,7 +191,7 @@ def test_metrics_names_and_labels(server):
 
 @pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests(tiny_models, tmp_path):
-    server = Server(uvicorn_registry(tiny_models), tmp_path / "server.log")
+    server = Server(uvicorn_registry(tiny_models), tmp_path / "ddgan.server.log")
     try:
         server.wait_ready()
         ddpm = {"model": "mnist", "sampler": "ddpm"}

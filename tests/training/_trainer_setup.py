@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import DiffusionConfig, GeneratorConfig, ModelConfig
-from training.data import ArrayImageDataset
-from training.discriminator import DiscriminatorConfig
-from training.train_config import TrainConfig
+from ddgan.model.config import DiffusionConfig, GeneratorConfig, ModelConfig
+from ddgan.training.data import ArrayImageDataset
+from ddgan.training.discriminator import DiscriminatorConfig
+from ddgan.training.train_config import TrainConfig
 
 TINY_MODEL = ModelConfig(
     preset="tiny",

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.data import BatchStream, DataError, StackedMNIST, build_dataset, detect_kind
+from ddgan.training.data import BatchStream, DataError, StackedMNIST, build_dataset, detect_kind
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist.npz"
 
@@ -203,7 +203,7 @@ def test_lmdb_nvae_format(tmp_path: Path) -> None:
 
 
 def test_batch_stream_is_resumable_sharded_and_covers_epochs() -> None:
-    from training.data import ArrayImageDataset
+    from ddgan.training.data import ArrayImageDataset
 
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
     dataset = ArrayImageDataset(images)
@@ -223,7 +223,7 @@ def test_batch_stream_is_resumable_sharded_and_covers_epochs() -> None:
 
 
 def test_batch_stream_hflip_is_deterministic() -> None:
-    from training.data import ArrayImageDataset
+    from ddgan.training.data import ArrayImageDataset
 
     images = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
     images[:, :, :, 0] = 255  # left column white

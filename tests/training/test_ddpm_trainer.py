@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from model.checkpoint import CheckpointError
-from model.ddpm import load_ddpm_sampler
-from training import ddpm_cli
-from training.data import ArrayImageDataset
-from training.ddpm_trainer import (
+from ddgan.model.checkpoint import CheckpointError
+from ddgan.model.ddpm import load_ddpm_sampler
+from ddgan.training import ddpm_cli
+from ddgan.training.data import ArrayImageDataset
+from ddgan.training.ddpm_trainer import (
     CHECKPOINT_FILE,
     DDPMTrainConfig,
     DDPMTrainer,

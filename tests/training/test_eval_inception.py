@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from training.inception import (
+from ddgan.training.inception import (
     WEIGHTS_NAME,
     FIDInceptionV3,
     InceptionWeightsError,
@@ -120,11 +120,11 @@ def test_eval_command_reports_fid_is_and_precision_recall(tmp_path):
 
     import numpy as np
 
-    from model.checkpoint import save_model
-    from model.config import get_preset
-    from model.sampler import random_generator
-    from training.eval_cli import register
-    from training.evaluation import FeatureStats, uint8_to_unit
+    from ddgan.model.checkpoint import save_model
+    from ddgan.model.config import get_preset
+    from ddgan.model.sampler import random_generator
+    from ddgan.training.eval_cli import register
+    from ddgan.training.evaluation import FeatureStats, uint8_to_unit
 
     config = get_preset("mnist")
     save_model(tmp_path / "model", config, random_generator(config).state_dict())

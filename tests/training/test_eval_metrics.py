@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import ortho_group
 
-from training.evaluation import (
+from ddgan.training.evaluation import (
     FeatureStats,
     fid_of_features,
     frechet_distance,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.classifier import (
+from ddgan.training.classifier import (
     ClassifierError,
     ClassifierTrainConfig,
     MnistClassifier,
@@ -25,8 +25,8 @@ from training.classifier import (
     to_input,
     train_classifier,
 )
-from training.eval_cli import register
-from training.mode_coverage import (
+from ddgan.training.eval_cli import register
+from ddgan.training.mode_coverage import (
     classifier_frechet,
     classify_samples,
     format_report,
@@ -195,9 +195,9 @@ def test_bundled_classifier_is_accurate():
 
 
 def test_eval_command_on_a_random_weights_model(tmp_path):
-    from model.checkpoint import save_model
-    from model.config import get_preset
-    from model.sampler import random_generator
+    from ddgan.model.checkpoint import save_model
+    from ddgan.model.config import get_preset
+    from ddgan.model.sampler import random_generator
 
     config = get_preset("mnist")
     save_model(tmp_path / "model", config, random_generator(config).state_dict())
@@ -239,10 +239,10 @@ def test_eval_command_on_a_random_weights_model(tmp_path):
 
 
 def test_eval_rejects_bad_inputs_before_sampling(tmp_path, monkeypatch):
-    from model.checkpoint import save_model
-    from model.config import get_preset
-    from model.sampler import random_generator
-    from training import eval_cli
+    from ddgan.model.checkpoint import save_model
+    from ddgan.model.config import get_preset
+    from ddgan.model.sampler import random_generator
+    from ddgan.training import eval_cli
 
     config = get_preset("mnist")
     save_model(tmp_path / "model", config, random_generator(config).state_dict())

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.toy import (
+from ddgan.training.toy import (
     GRID_STD,
     SWEEP_CONFIGS,
     ToyConfig,

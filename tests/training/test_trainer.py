@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import load_model
-from model.diffusion import SamplingChain
-from model.noise import chain_noise, image_seeds
+from ddgan.model.checkpoint import load_model
+from ddgan.model.diffusion import SamplingChain
+from ddgan.model.noise import chain_noise, image_seeds
+from ddgan.training.data import ArrayImageDataset
+from ddgan.training.trainer import Trainer
 from tests.training._trainer_setup import (
     one_thread,  # noqa: F401 (the fixture below)
     state_digest,
     tiny_config,
     tiny_dataset,
 )
-from training.data import ArrayImageDataset
-from training.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,7 +75,7 @@ def test_r1_applies_on_its_lazy_schedule(tmp_path: Path) -> None:
 def test_r1_is_the_mean_squared_input_gradient_norm() -> None:
     x = torch.randn(3, 2, requires_grad=True)
     logit = (x**2).sum(1)  # ∇ = 2x
-    from training.losses import r1_penalty
+    from ddgan.training.losses import r1_penalty
 
     expected = (4 * x.detach() ** 2).sum(1).mean()
     torch.testing.assert_close(r1_penalty(logit, x), expected)
@@ -104,7 +104,7 @@ def _norm(grads: dict[str, torch.Tensor], prefix: str = "") -> float:
 
 
 def test_each_siddm_term_contributes_gradient(tmp_path: Path) -> None:
-    from training import losses
+    from ddgan.training import losses
 
     trainer = _trainer(tmp_path, "siddm")
     G, D, schedule = trainer.generator, trainer.discriminator, trainer.schedule
@@ -133,9 +133,9 @@ def test_each_siddm_term_contributes_gradient(tmp_path: Path) -> None:
 
 def test_afd_cross_entropy_is_one_half_per_pixel_for_true_pairs() -> None:
     """With an oracle G (x̂_0 = x_0), (x'_t, x_{t+1}) is a real pair: ‖x_{t+1} − √(1−β) x'_t‖²/(2β) = ε²/2 → 1/2."""
-    from model.diffusion import DiffusionSchedule
-    from training import losses
-    from training.discriminator import Discriminator, DiscriminatorConfig
+    from ddgan.model.diffusion import DiffusionSchedule
+    from ddgan.training import losses
+    from ddgan.training.discriminator import Discriminator, DiscriminatorConfig
 
     x_0 = torch.rand(64, 1, 32, 32) * 2 - 1
 
@@ -220,7 +220,7 @@ def test_sigterm_checkpoints_exports_and_stops(tmp_path: Path) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("objective", ["ddgan", "siddm"])
 def test_bf16_autocast_steps_on_cuda(tmp_path: Path, objective: str) -> None:
-    from training.distributed import DistContext
+    from ddgan.training.distributed import DistContext
 
     ctx = DistContext(device=torch.device("cuda", 0))
     trainer = Trainer(tiny_config(objective), tiny_dataset(), tmp_path / "run", ctx)

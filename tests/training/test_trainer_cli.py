@@ -7,19 +7,19 @@ from pathlib import Path
 
 import pytest
 
-import ddgan
-from model.checkpoint import load_config
+import ddgan.cli
+from ddgan.model.checkpoint import load_config
+from ddgan.training.train_config import TrainConfig, recipe_for
 from tests.training._trainer_setup import (
     one_thread,  # noqa: F401 (the fixture below)
     write_tiny_npz,
 )
-from training.train_config import TrainConfig, recipe_for
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train(*args: str) -> int:
-    return ddgan.main(["train", *args])
+    return ddgan.cli.main(["train", *args])
 
 
 def test_a_missing_data_path_fails_before_anything_is_written(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch.multiprocessing as mp
 
-from training.run_state import load_run_state
+from ddgan.training.run_state import load_run_state
 
 
 def _free_port() -> int:
@@ -25,9 +25,9 @@ def _worker(rank: int, world_size: int, port: int, run: str, report: str) -> Non
     import torch
 
     torch.set_num_threads(1)
+    from ddgan.training.distributed import init_distributed, shutdown_distributed
+    from ddgan.training.trainer import Trainer
     from tests.training._trainer_setup import state_digest, tiny_config, tiny_dataset
-    from training.distributed import init_distributed, shutdown_distributed
-    from training.trainer import Trainer
 
     ctx = init_distributed("cpu")
     results = {}

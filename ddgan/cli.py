@@ -14,16 +14,16 @@ from collections.abc import Sequence
 
 # subcommand -> module exposing `register(subparsers)`; one module may register several subcommands.
 COMMAND_MODULES: dict[str, str] = {
-    "sample": "model.cli",
-    "convert": "model.cli",
-    "train": "training.cli",
-    "train-ddpm": "training.cli",
-    "train-classifier": "training.cli",
-    "eval": "training.cli",
-    "toy": "training.cli",
-    "export": "export.cli",
-    "serve": "server.cli",
-    "bench": "bench.cli",
+    "sample": "ddgan.model.cli",
+    "convert": "ddgan.model.cli",
+    "train": "ddgan.training.cli",
+    "train-ddpm": "ddgan.training.cli",
+    "train-classifier": "ddgan.training.cli",
+    "eval": "ddgan.training.cli",
+    "toy": "ddgan.training.cli",
+    "export": "ddgan.export.cli",
+    "serve": "ddgan.server.cli",
+    "bench": "ddgan.bench.cli",
 }
 
 
