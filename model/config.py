@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+# Network precisions by the names the CLI, the registry, the API and the metrics use.
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, malformed or unsupported."""

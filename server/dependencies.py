@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the runtime, the settings and the optional API key."""
+"""FastAPI dependencies: the runtime, the serving layer, the settings, the metrics and the optional API key."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from ddgan.server.errors import APIError
 from ddgan.server.metrics import ServerMetrics
 from ddgan.server.runtime import Runtime
+from ddgan.server.serving import GenerationService
 from ddgan.server.settings import ServerSettings
 
 
@@ -21,6 +22,11 @@ def get_runtime(request: Request) -> Runtime:
 def get_settings(request: Request) -> ServerSettings:
     settings: ServerSettings = request.app.state.settings
     return settings
+
+
+def get_service(request: Request) -> GenerationService:
+    service: GenerationService = request.app.state.service
+    return service
 
 
 def get_metrics(request: Request) -> ServerMetrics:
@@ -44,4 +50,5 @@ def require_api_key(request: Request, settings: Annotated[ServerSettings, Depend
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 MetricsDep = Annotated[ServerMetrics, Depends(get_metrics)]
+ServiceDep = Annotated[GenerationService, Depends(get_service)]
 ApiKey = Depends(require_api_key)

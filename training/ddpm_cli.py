@@ -21,7 +21,8 @@ import torch
 from tqdm import tqdm
 
 from ddgan.model.checkpoint import CheckpointError, atomic_write_bytes
-from ddgan.model.ddpm import DDPMConfig, DDPMSampler
+from ddgan.model.ddpm import DDPMSampler, ddpm_info
+from ddgan.model.ddpm_io import DDPMConfig
 from ddgan.model.images import encode_png, make_grid, to_uint8
 from ddgan.training.data import DATASET_KINDS, DataError, build_dataset
 from ddgan.training.ddpm_trainer import (
@@ -128,7 +129,8 @@ def save_grid(trainer: DDPMTrainer, path: Path, steps: int, seeds: list[int] = G
     """A PNG grid of EMA samples from fixed seeds (same seeds every time, so grids are comparable)."""
     cfg = trainer.config
     ddpm_config = DDPMConfig(cfg.channels, cfg.image_size, cfg.num_train_timesteps, steps)
-    sampler = DDPMSampler(trainer.ema, dict(build_scheduler(cfg).config), ddpm_config, device=trainer.device)
+    info = ddpm_info(ddpm_config, device=str(trainer.device), dtype="float32", weights_digest="training")
+    sampler = DDPMSampler(trainer.ema, dict(build_scheduler(cfg).config), info)
     images = sampler.sample(seeds, steps=steps)
     atomic_write_bytes(path, encode_png(make_grid(to_uint8(images), columns=8), compress_level=6))
 

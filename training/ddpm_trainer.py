@@ -25,7 +25,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from ddgan.model.checkpoint import CheckpointError, atomic_write_bytes
-from ddgan.model.ddpm import save_ddpm
+from ddgan.model.ddpm_io import save_ddpm
 from ddgan.training.data import ImageDataset
 
 CHECKPOINT_FILE = "checkpoint.safetensors"

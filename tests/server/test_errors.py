@@ -29,7 +29,7 @@ BAD_REQUESTS = [
     ("dataset as number", {"json": {"dataset": 5}}, 422, "invalid_request", "body.dataset"),
     ("unknown field", {"json": {**MNIST, "colour": "red"}}, 422, "invalid_request", "body.colour"),
     ("unknown sampler", {"json": {**MNIST, "sampler": "gan"}}, 422, "invalid_request", "body.sampler"),
-    ("steps for ddgan", {"json": {**MNIST, "steps": 3}}, 422, "invalid_request", "ddpm"),
+    ("steps for ddgan", {"json": {**MNIST, "steps": 3}}, 422, "invalid_request", "always runs its 2 steps"),
     ("ddpm steps beyond training", {"json": {**MNIST, "sampler": "ddpm", "steps": 51}}, 422, "invalid_request", "50"),
     ("zero timeout", {"json": {**MNIST, "timeout_s": 0}}, 422, "invalid_request", "body.timeout_s"),
     ("unknown dataset", {"json": {"dataset": "imagenet"}}, 404, "unknown_model", "mnist/ddgan"),

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ddgan.model.checkpoint import CheckpointError
-from ddgan.model.ddpm import load_ddpm_sampler
+from ddgan.model.ddpm import DDPMSampler
+from ddgan.model.sampler import open_sampler
 from ddgan.training import ddpm_cli
 from ddgan.training.data import ArrayImageDataset
 from ddgan.training.ddpm_trainer import (
@@ -100,8 +101,10 @@ def test_exported_model_loads_in_the_server_sampler(tmp_path: Path) -> None:
     trainer.train_step(next(stream_for(trainer, tiny_dataset())))
     model_dir = trainer.export(tmp_path / "model")
     assert (model_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    sampler = load_ddpm_sampler(model_dir)
-    assert sampler.image_shape == (1, 8, 8) and sampler.steps == 1000 and sampler.config.dataset == "digits"
+    sampler = open_sampler(model_dir)
+    assert isinstance(sampler, DDPMSampler)
+    info = sampler.info
+    assert info.image_shape == (1, 8, 8) and info.default_steps == 1000 and info.dataset == "digits"
     scheduler = sampler.scheduler(1000)
     torch.testing.assert_close(scheduler.betas[[0, -1]], torch.tensor([1e-4, 0.02]))  # DDPM's linear β
     images = sampler.sample([3, 4], steps=3)
@@ -137,7 +140,7 @@ def test_cli_trains_checkpoints_resumes_and_refuses_bad_input(tmp_path: Path) ->
     tensors, meta = read_checkpoint(out / CHECKPOINT_FILE)
     assert meta["step"] == 2 and meta["config"]["block_out_channels"] == [8, 16]
     assert (out / "samples" / "final_2steps.png").is_file()
-    assert load_ddpm_sampler(out / "model").image_shape == (1, 8, 8)
+    assert open_sampler(out / "model").info.image_shape == (1, 8, 8)
     assert json.loads((out / "config.json").read_text())["image_size"] == 8
 
     assert run_cli(*common, *fast, "--steps", "3") == 2  # an existing run is not overwritten
