@@ -40,23 +40,23 @@ def create_app(
     registry = registry or load_registry(settings.registry)
     metrics = ServerMetrics()
     register_backends()
-    runtime = Runtime(settings, registry, metrics, load_model) if load_model else Runtime(settings, registry, metrics)
-    service = GenerationService(runtime, settings, metrics)
+    engine = Runtime(settings, registry, metrics, load_model) if load_model else Runtime(settings, registry, metrics)
+    service = GenerationService(engine, settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
+        await engine.start()
         try:
             yield
         finally:
             logger.info("shutting down: finishing queued work (up to %.0f s)", settings.shutdown_timeout_s)
-            await runtime.stop()
+            await engine.stop()
             await service.stop(settings.shutdown_timeout_s)
 
     app = FastAPI(title="DDGAN inference server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.runtime = runtime
+    app.state.engine = engine
     app.state.service = service
 
     def count_rejected(request: Request, status: int) -> None:

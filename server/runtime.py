@@ -8,17 +8,19 @@ turns ready when every installed model has run its batch sizes once. A model's s
 from __future__ import annotations
 
 import asyncio
-import enum
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 
-from ddgan.model.sampler import Sampler
-from ddgan.server.batching import BatchQueue
+from ddgan.model.sampler import Sampler, SamplerInfo
+from ddgan.server.batching import BatchQueue, DeadlineExceededError
+from ddgan.server.engine import ClientGoneError, Generated, ModelHandle, ModelState
 from ddgan.server.loader import (
     ModelNotInstalledError,
     ModelUnavailableError,
@@ -29,7 +31,7 @@ from ddgan.server.loader import (
 from ddgan.server.metrics import ServerMetrics
 from ddgan.server.registry import ModelEntry, Registry
 from ddgan.server.settings import ServerSettings
-from ddgan.server.work import run_image_batch
+from ddgan.server.work import ImageWork, run_image_batch
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +39,10 @@ LoadModel = Callable[..., Sampler]
 WARMUP_STEPS = 2  # enough to compile/allocate every kernel a many-step loop uses
 
 
-class ModelState(enum.StrEnum):
-    LOADING = "loading"
-    WARMING = "warming"
-    READY = "ready"
-    NOT_INSTALLED = "not_installed"
-    FAILED = "failed"
-
-
 @dataclass(eq=False)
 class ServedModel:
+    """One registry model in this process: its sampler and batch queue (a `ModelHandle`)."""
+
     entry: ModelEntry
     state: ModelState = ModelState.LOADING
     reason: str | None = "waiting to load"
@@ -55,11 +51,42 @@ class ServedModel:
     warmup: dict[int, float] = field(default_factory=dict)  # batch size -> seconds
 
     @property
-    def image_shape(self) -> tuple[int, int, int] | None:
-        return self.sampler.info.image_shape if self.sampler else None
+    def info(self) -> SamplerInfo | None:
+        return self.sampler.info if self.sampler else None
+
+    @property
+    def queued_units(self) -> int:
+        return self.queue.queued_units if self.queue else 0
+
+    async def generate(
+        self, seeds: list[int], steps: int, deadline: float, client_gone: Callable[[], Awaitable[Any]]
+    ) -> Generated:
+        """Queue the images, wait for them (deadline, disconnect), cancel what is left when giving up."""
+        assert self.queue is not None
+        ticket = self.queue.submit(ImageWork(seeds, steps), len(seeds), steps, deadline)
+        watcher: asyncio.Future[Any] = asyncio.ensure_future(client_gone())
+        try:
+            done, _ = await asyncio.wait(
+                {ticket.future, watcher},
+                timeout=max(0.0, deadline - time.monotonic()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            watcher.cancel()
+        if ticket.future.done():
+            result = ticket.future.result()  # or the queue's error
+            return Generated(np.concatenate(result.parts), result.queue_s, result.inference_s, result.batches)
+        # Give up: drop the images no batch has taken yet, and make any late result a no-op.
+        self.queue.cancel(ticket)
+        ticket.future.cancel()
+        if watcher in done:
+            raise ClientGoneError
+        raise DeadlineExceededError("no result before the deadline")
 
 
 class Runtime:
+    """The in-process engine (`server.engine.Engine`): every registry model's sampler and queue here."""
+
     def __init__(
         self,
         settings: ServerSettings,
@@ -72,7 +99,7 @@ class Runtime:
         self.metrics = metrics
         self.load_model = load_model
         self.models = {entry.key: ServedModel(entry) for entry in registry.models}
-        self.accepting = False
+        self._accepting = False
         self.started_at = time.time()
         self._loader: asyncio.Task[None] | None = None
         self._stopping = False
@@ -81,7 +108,7 @@ class Runtime:
     async def start(self) -> None:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
-        self.accepting = True
+        self._accepting = True
         # Missing weights are known at once (404 with the install command), not after the others have loaded.
         if not self.settings.random_weights:
             for served in self.models.values():
@@ -96,7 +123,7 @@ class Runtime:
 
     async def stop(self) -> None:
         """Stop taking requests and let the queues finish their work within the shutdown timeout."""
-        self.accepting = False
+        self._accepting = False
         self._stopping = True
         if self._loader is not None:
             await asyncio.shield(self._loader)
@@ -105,16 +132,23 @@ class Runtime:
         await asyncio.gather(*(asyncio.to_thread(q.close, timeout) for q in queues))
 
     @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    @property
     def ready(self) -> bool:
         """Every installed model is warmed up (models without weights are reported, not waited for)."""
         states = [m.state for m in self.models.values()]
         return (
-            self.accepting
+            self._accepting
             and ModelState.READY in states
             and all(s in (ModelState.READY, ModelState.NOT_INSTALLED) for s in states)
         )
 
-    def lookup(self, dataset: str, sampler: str) -> ServedModel | None:
+    def handles(self) -> list[ModelHandle]:
+        return list(self.models.values())
+
+    def lookup(self, dataset: str, sampler: str) -> ModelHandle | None:
         return self.models.get((dataset, sampler))
 
     # ----- loading (background thread) -----

@@ -17,32 +17,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from ddgan.model.noise import image_seeds, random_seed
-from ddgan.model.sampler import Sampler, StepsError
-from ddgan.server.batching import (
-    BatchFailedError,
-    BatchQueue,
-    DeadlineExceededError,
-    QueueClosedError,
-    QueueFullError,
-    Ticket,
-    TicketResult,
-)
+from ddgan.model.sampler import SamplerInfo, StepsError
+from ddgan.server.batching import BatchFailedError, DeadlineExceededError, QueueClosedError, QueueFullError
 from ddgan.server.encoding import JSON, PNG, ZIP, build_zip, encode_grid, encode_pngs
+from ddgan.server.engine import ClientGoneError, Engine, Generated, ModelHandle, ModelState
 from ddgan.server.errors import APIError
 from ddgan.server.metrics import UNKNOWN, ServerMetrics
-from ddgan.server.runtime import ModelState, Runtime, ServedModel
 from ddgan.server.schemas import GenerateRequest, GenerateResponse, LatencyMs
 from ddgan.server.settings import ServerSettings
-from ddgan.server.work import ImageWork
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request": only ever seen in metrics and logs
-
-
-class ClientDisconnectedError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -61,8 +46,8 @@ def invalid(field: str, message: str) -> APIError:
 
 
 class GenerationService:
-    def __init__(self, runtime: Runtime, settings: ServerSettings, metrics: ServerMetrics) -> None:
-        self.runtime = runtime
+    def __init__(self, engine: Engine, settings: ServerSettings, metrics: ServerMetrics) -> None:
+        self.engine = engine
         self.settings = settings
         self.metrics = metrics
         self.png_pool = ThreadPoolExecutor(settings.png_workers, thread_name_prefix="png")
@@ -78,7 +63,7 @@ class GenerationService:
     async def generate(
         self, body: GenerateRequest, media_type: str, request_id: str, client_gone: Callable[[], Awaitable[Any]]
     ) -> Rendered:
-        """Generate and encode; raises APIError (answered in the error shape) or ClientDisconnectedError."""
+        """Generate and encode; raises APIError (answered in the error shape) or ClientGoneError."""
         started = time.perf_counter()
         labels = (UNKNOWN, UNKNOWN)
         status = 200
@@ -95,7 +80,7 @@ class GenerationService:
         except APIError as exc:
             status = exc.status
             raise
-        except ClientDisconnectedError:
+        except ClientGoneError:
             status = CLIENT_CLOSED
             raise
         except Exception:  # a bug: the middleware answers 500 in the error shape
@@ -104,31 +89,31 @@ class GenerationService:
         finally:
             self.metrics.observe_request(*labels, status, time.perf_counter() - started)
 
-    def _served_model(self, body: GenerateRequest) -> ServedModel:
-        runtime = self.runtime
-        served = runtime.lookup(body.dataset, body.sampler)
+    def _served_model(self, body: GenerateRequest) -> ModelHandle:
+        engine = self.engine
+        served = engine.lookup(body.dataset, body.sampler)
         if served is None:
-            known = sorted({f"{m.entry.dataset}/{m.entry.sampler}" for m in runtime.models.values()})
+            known = sorted({f"{m.entry.dataset}/{m.entry.sampler}" for m in engine.handles()})
             message = f"no model {body.dataset}/{body.sampler}; configured: {', '.join(known)}"
             raise APIError(404, "unknown_model", message)
         if served.state is ModelState.NOT_INSTALLED:
             raise APIError(404, "model_not_installed", served.reason or f"{served.entry.name} is not installed")
-        if served.state is not ModelState.READY or served.queue is None:
+        if served.state is not ModelState.READY or served.info is None:
             reason = served.reason or served.state.value
             headers = {"Retry-After": "5"} if served.state in (ModelState.LOADING, ModelState.WARMING) else None
             raise APIError(503, "model_unavailable", f"{served.entry.name} is not ready: {reason}", headers=headers)
-        if not runtime.accepting:
+        if not engine.accepting:
             raise APIError(503, "shutting_down", "the server is shutting down")
         return served
 
-    def _check(self, body: GenerateRequest, served: ServedModel, sampler: Sampler) -> tuple[list[int], int, int]:
+    def _check(self, body: GenerateRequest, served: ModelHandle, info: SamplerInfo) -> tuple[list[int], int, int]:
         """(seeds, steps, seed) of a request, or a 422 naming the field."""
         if body.n > self.settings.max_images_per_request:
             raise invalid("body.n", f"must be between 1 and {self.settings.max_images_per_request}")
         if body.n > served.entry.max_queue_images:
             raise invalid("body.n", f"must be at most {served.entry.max_queue_images} for {served.entry.name}")
         try:
-            steps = sampler.info.check_steps(body.steps)
+            steps = info.check_steps(body.steps)
         except StepsError as exc:
             raise invalid("body.steps", f"{exc} ({served.entry.name})") from None
         seed = body.seed if body.seed is not None else random_seed()
@@ -141,19 +126,19 @@ class GenerationService:
     async def _generate(
         self,
         body: GenerateRequest,
-        served: ServedModel,
+        served: ModelHandle,
         media_type: str,
         request_id: str,
         client_gone: Callable[[], Awaitable[Any]],
         started: float,
     ) -> Rendered:
-        sampler, queue = served.sampler, served.queue
-        assert sampler is not None and queue is not None
-        seeds, steps, seed = self._check(body, served, sampler)
+        info = served.info
+        assert info is not None
+        seeds, steps, seed = self._check(body, served, info)
         timeout_s = min(self.settings.request_timeout_s, body.timeout_s or math.inf)
         deadline = time.monotonic() + timeout_s
         try:
-            ticket = queue.submit(ImageWork(seeds, steps), len(seeds), steps, deadline)
+            generated = await served.generate(seeds, steps, deadline, client_gone)
         except QueueFullError as exc:
             raise APIError(
                 503,
@@ -164,23 +149,25 @@ class GenerationService:
             ) from None
         except QueueClosedError:
             raise APIError(503, "shutting_down", "the server is shutting down") from None
-        result = await _wait_for(queue, ticket, client_gone, deadline, timeout_s)
-        images = np.concatenate(result.parts)
-        return await self._render(body, sampler, media_type, request_id, seeds, steps, seed, images, result, started)
+        except DeadlineExceededError:
+            raise APIError(504, "deadline_exceeded", f"no result within {timeout_s:.3g} s") from None
+        except BatchFailedError as exc:
+            raise APIError(500, "generation_failed", f"the batch holding this request failed: {exc}") from None
+        return await self._render(body, info, media_type, request_id, seeds, steps, seed, generated, started)
 
     async def _render(
         self,
         body: GenerateRequest,
-        sampler: Sampler,
+        info: SamplerInfo,
         media_type: str,
         request_id: str,
         seeds: list[int],
         steps: int,
         seed: int,
-        images: np.ndarray,
-        result: TicketResult,
+        result: Generated,
         started: float,
     ) -> Rendered:
+        images = result.images
         encode_started = time.perf_counter()
         pool, workers, level = self.png_pool, self.settings.png_workers, self.settings.png_compress_level
         grid = await encode_grid(images, pool, level) if media_type == PNG else None
@@ -188,7 +175,6 @@ class GenerationService:
         png_s = time.perf_counter() - encode_started
         self.metrics.observe_png_encode(body.dataset, body.sampler, png_s)
 
-        info = sampler.info
         latency = LatencyMs(
             queue=round(result.queue_s * 1000, 3),
             inference=round(result.inference_s * 1000, 3),
@@ -234,35 +220,3 @@ class GenerationService:
         assert media_type == JSON
         payload.images = [base64.b64encode(png).decode("ascii") for png in pngs]
         return Rendered(JSON, payload.model_dump(), headers, timing)
-
-
-async def _wait_for(
-    queue: BatchQueue,
-    ticket: Ticket,
-    client_gone: Callable[[], Awaitable[Any]],
-    deadline: float,
-    timeout_s: float,
-) -> TicketResult:
-    watcher: asyncio.Future[Any] = asyncio.ensure_future(client_gone())
-    waiting: set[asyncio.Future[Any]] = {ticket.future, watcher}
-    try:
-        done, _ = await asyncio.wait(
-            waiting, timeout=max(0.0, deadline - time.monotonic()), return_when=asyncio.FIRST_COMPLETED
-        )
-    finally:
-        watcher.cancel()
-    if ticket.future.done():
-        try:
-            return ticket.future.result()
-        except DeadlineExceededError:
-            raise APIError(504, "deadline_exceeded", f"no result within {timeout_s:.3g} s") from None
-        except BatchFailedError as exc:
-            raise APIError(500, "generation_failed", f"the batch holding this request failed: {exc}") from None
-        except QueueClosedError as exc:
-            raise APIError(503, "shutting_down", str(exc)) from None
-    # Give up: drop the images no batch has taken yet, and make any late result a no-op.
-    queue.cancel(ticket)
-    ticket.future.cancel()
-    if watcher in done:
-        raise ClientDisconnectedError
-    raise APIError(504, "deadline_exceeded", f"no result within {timeout_s:.3g} s")

@@ -9,9 +9,10 @@ from fastapi.responses import JSONResponse
 
 from ddgan.server.dependencies import ApiKey, ServiceDep
 from ddgan.server.encoding import PNG, ZIP, negotiate
+from ddgan.server.engine import ClientGoneError
 from ddgan.server.errors import APIError
 from ddgan.server.schemas import ErrorResponse, GenerateRequest, GenerateResponse
-from ddgan.server.serving import CLIENT_CLOSED, ClientDisconnectedError
+from ddgan.server.serving import CLIENT_CLOSED
 
 router = APIRouter(tags=["generate"])
 
@@ -47,7 +48,7 @@ async def generate(body: GenerateRequest, request: Request, service: ServiceDep)
     request.state.metrics_recorded = True  # from here on the serving layer records the request
     try:
         rendered = await service.generate(body, media_type, str(request.state.request_id), _client_gone(request))
-    except ClientDisconnectedError:
+    except ClientGoneError:
         return Response(status_code=CLIENT_CLOSED)
     request.state.server_timing = rendered.server_timing
     if isinstance(rendered.content, dict):

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ddgan.server.dependencies import ApiKey, RuntimeDep, SettingsDep
-from ddgan.server.runtime import ModelState, ServedModel
+from ddgan.server.dependencies import ApiKey, EngineDep, SettingsDep
+from ddgan.server.engine import ModelHandle, ModelState
 from ddgan.server.schemas import ErrorResponse, ModelInfo, ModelList
 
 router = APIRouter(tags=["models"])
 
 
-def describe(served: ServedModel, settings_device: str | None) -> ModelInfo:
-    entry, shape = served.entry, served.image_shape
-    info = served.sampler.info if served.sampler else None
+def describe(served: ModelHandle, settings_device: str | None) -> ModelInfo:
+    entry, info = served.entry, served.info
+    shape = info.image_shape if info else None
     return ModelInfo(
         dataset=entry.dataset,
         sampler=entry.sampler,
@@ -32,7 +32,7 @@ def describe(served: ServedModel, settings_device: str | None) -> ModelInfo:
         max_batch_images=entry.max_batch_images,
         max_wait_ms=entry.max_wait_ms,
         max_queue_images=entry.max_queue_images,
-        queued_images=served.queue.queued_units if served.queue else 0,
+        queued_images=served.queued_units,
     )
 
 
@@ -43,8 +43,8 @@ def describe(served: ServedModel, settings_device: str | None) -> ModelInfo:
     responses={401: {"model": ErrorResponse}},
     summary="Configured models and their state",
 )
-async def list_models(runtime: RuntimeDep, settings: SettingsDep) -> ModelList:
+async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelList:
     return ModelList(
         max_images_per_request=settings.max_images_per_request,
-        models=[describe(m, settings.device) for m in runtime.models.values()],
+        models=[describe(m, settings.device) for m in engine.handles()],
     )

@@ -163,7 +163,7 @@ def make_app(registry: Path, load_model: Callable[..., Sampler] | None = None, *
 async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan, wait for its models, and give an httpx client on the ASGI app."""
     async with app.router.lifespan_context(app):
-        await app.state.runtime.wait_loaded(120)
+        await app.state.engine.wait_loaded(120)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client

@@ -189,7 +189,7 @@ def test_settings_errors_name_the_field(monkeypatch):
 
 
 async def test_an_unexpected_error_is_a_500_in_the_error_shape(client, monkeypatch):
-    runtime = client._transport.app.state.runtime  # type: ignore[attr-defined]
+    runtime = client._transport.app.state.engine  # type: ignore[attr-defined]
 
     def broken_lookup(dataset: str, sampler: str) -> None:
         raise RuntimeError("a bug")
