@@ -118,13 +118,18 @@ def load_official_state_dict(path: str | Path, config: ModelConfig) -> dict[str,
     return state_dict
 
 
-def weights_digest(directory: str | Path) -> str:
-    """sha256 of a model directory's weights file: exported artifacts record it to detect staleness."""
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks."""
     digest = hashlib.sha256()
-    with open(Path(directory) / WEIGHTS_FILE, "rb") as handle:
+    with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def weights_digest(directory: str | Path) -> str:
+    """sha256 of a model directory's weights file: exported artifacts record it to detect staleness."""
+    return file_sha256(Path(directory) / WEIGHTS_FILE)
 
 
 def save_model(directory: str | Path, config: ModelConfig, state_dict: Mapping[str, Tensor]) -> Path:
