@@ -116,3 +116,29 @@ def test_a_run_written_by_ddgan_serve_0_2_resumes_to_its_last_epoch(tmp_path: Pa
     capsys.readouterr()
     assert _train("--resume", *common) == 0
     assert "finished (step 4 of 4); to train longer, resume with a larger --epochs (now 2)" in capsys.readouterr().err
+
+
+def test_one_vocabulary_across_the_training_commands() -> None:
+    import argparse
+
+    from ddgan.training import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    common = ["--threads", "2", "--no-progress"]
+    commands = {
+        "train": ["--out", "r", "--resume", "--max-steps", "5", "--time-limit", "1", "--checkpoint-minutes", "2"],
+        "train-ddpm": ["--out", "r", "--resume", "--max-steps", "5", "--time-limit", "1", "--checkpoint-minutes", "2"],
+        "train-classifier": ["--data", "m.npz", "--out", "c"],
+        "eval": ["--model", "m", "--classifier", "c"],
+        "toy": ["--max-steps", "5", "--num-timesteps", "2"],
+    }
+    for command, argv in commands.items():
+        args = parser.parse_args([command, *argv, *common])
+        assert args.threads == 2 and args.no_progress, command
+        if "--max-steps" in argv:
+            assert 5 in (getattr(args, "max_steps", None), getattr(args, "iterations", None)), command
+    # the names of ddgan-serve 0.2 still work where they differed
+    toy = parser.parse_args(["toy", "--iterations", "7", "--steps", "8"])
+    assert (toy.iterations, toy.num_timesteps, toy.threads) == (7, 8, 1)
+    assert parser.parse_args(["train-ddpm", "--out", "r", "--steps", "9"]).max_steps == 9
