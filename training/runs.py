@@ -145,8 +145,8 @@ def train_run(
         if ctx.is_main:
             _write_run_files(args, config, data, len(dataset), ctx)
         logger.info(
-            "%s on %d images: %d steps of %d x %d images, from step %d",
-            trained_on, len(dataset), trainer.total_steps, trainer.stream.batch_size, ctx.world_size, trainer.step,
+            "%s (%d images): steps %d..%d of %d x %d images",
+            trained_on, len(dataset), trainer.step, trainer.total_steps, trainer.stream.batch_size, ctx.world_size,
         )  # fmt: skip
         reason = trainer.fit(trained_on, export_dir=args.export, progress=not args.no_progress)
     finally:
