@@ -32,22 +32,22 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Variant:
     backend: str
-    dtype: torch.dtype
+    dtype: str
     cuda_only: bool = False
     options: tuple[tuple[str, Any], ...] = ()
 
 
 VARIANTS: dict[str, Variant] = {
-    "torch": Variant("torch", torch.float32),
-    "torch-bf16": Variant("torch", torch.bfloat16),
-    "torch-cudagraphs": Variant("torch", torch.float32, True, (("cuda_graphs", True),)),
-    "torch-bf16-cudagraphs": Variant("torch", torch.bfloat16, True, (("cuda_graphs", True),)),
-    "torch-compile": Variant("torch-compile", torch.float32),
-    "torch-compile-bf16": Variant("torch-compile", torch.bfloat16, True),
-    "onnxruntime": Variant("onnxruntime", torch.float32),
-    "onnxruntime-fp16": Variant("onnxruntime", torch.float16),
-    "tensorrt": Variant("tensorrt", torch.float32, True),
-    "tensorrt-fp16": Variant("tensorrt", torch.float16, True),
+    "torch": Variant("torch", "float32"),
+    "torch-bf16": Variant("torch", "bfloat16"),
+    "torch-cudagraphs": Variant("cuda-graphs", "float32", True),
+    "torch-bf16-cudagraphs": Variant("cuda-graphs", "bfloat16", True),
+    "torch-compile": Variant("torch-compile", "float32"),
+    "torch-compile-bf16": Variant("torch-compile", "bfloat16", True),
+    "onnxruntime": Variant("onnxruntime", "float32"),
+    "onnxruntime-fp16": Variant("onnxruntime", "float16"),
+    "tensorrt": Variant("tensorrt", "float32", True),
+    "tensorrt-fp16": Variant("tensorrt", "float16", True),
 }
 CPU_DEFAULT = ("torch", "torch-compile", "onnxruntime", "onnxruntime-fp16")
 
@@ -152,15 +152,14 @@ def _work_model(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
 
 def _loadable_dir(model_dir: Path, workdir: Path, variant: Variant, device: torch.device, max_batch: int) -> Path:
     """`model_dir` if its artifact for `variant` loads; else a work copy with a fresh export."""
-    from ddgan.export.artifacts import ArtifactError
-    from ddgan.export.backends import load_sampler
     from ddgan.export.onnx_export import export_onnx
+    from ddgan.model.sampler import SamplerError, open_sampler
 
-    precision = "fp16" if variant.dtype == torch.float16 else "fp32"
+    precision = "fp16" if variant.dtype == "float16" else "fp32"
     try:
-        load_sampler(model_dir, variant.backend, device, variant.dtype)
+        open_sampler(model_dir, backend=variant.backend, device=str(device), dtype=variant.dtype)
         return model_dir
-    except ArtifactError as exc:
+    except SamplerError as exc:
         logger.info("%s: %s; exporting into the work directory", variant.backend, exc)
     copy = model_dir if model_dir.is_relative_to(workdir) else workdir / f"{model_dir.name}-artifacts"
     if copy != model_dir and not (copy / "generator.safetensors").is_file():
@@ -180,8 +179,9 @@ def _loadable_dir(model_dir: Path, workdir: Path, variant: Variant, device: torc
 
 
 def run(args: argparse.Namespace) -> int:
-    from ddgan.export.backends import backend_availability, load_sampler
     from ddgan.model.checkpoint import load_config
+    from ddgan.model.ddgan_sampler import DDGANSampler
+    from ddgan.model.sampler import backend_availability, open_sampler
 
     device = torch.device(args.device)
     batches = [int(b) for b in args.batch.split(",")]
@@ -219,7 +219,10 @@ def run(args: argparse.Namespace) -> int:
             options = dict(variant.options)
             if variant.backend == "onnxruntime" and args.threads:
                 options["threads"] = args.threads
-            sampler = load_sampler(directory, variant.backend, device, variant.dtype, **options)
+            sampler = open_sampler(
+                directory, backend=variant.backend, device=str(device), dtype=variant.dtype, options=options
+            )
+            assert isinstance(sampler, DDGANSampler)
         except Exception as exc:  # report the failure in the table, keep benchmarking the others
             logger.exception("variant %s failed to load", name)
             rows += [Row(label, name, b, None, None, None, None, None, f"failed: {exc}") for b in batches]

@@ -26,12 +26,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddgan.bench.official_style import OfficialStyleGenerator
+from ddgan.model.chain import CastingChain
 from ddgan.model.checkpoint import atomic_write_bytes
 from ddgan.model.config import PRESETS, ModelConfig, get_preset
+from ddgan.model.ddgan_sampler import DDGANSampler
 from ddgan.model.diffusion import SamplingChain
 from ddgan.model.ncsnpp import NCSNpp
 from ddgan.model.noise import image_seeds
-from ddgan.model.sampler import random_weights_sampler
+from ddgan.model.sampler import open_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -119,8 +121,11 @@ def bench_preset(
 ) -> PresetResult:
     config = get_preset(name)
     flops_step, flops_chain = count_flops(config, batch)
-    sampler = random_weights_sampler(config, device=device)
-    generator = sampler.run_chain.generator
+    sampler = open_sampler(preset=name, random_weights=True, device=str(device))
+    assert isinstance(sampler, DDGANSampler) and isinstance(sampler.run_chain, CastingChain)
+    chain = sampler.run_chain.chain  # CastingChain -> SamplingChain -> NCSNpp
+    assert isinstance(chain, SamplingChain) and isinstance(chain.generator, NCSNpp)
+    generator = chain.generator
     noise = sampler.noise(image_seeds(0, batch))
     steps = config.diffusion.num_timesteps
     x = noise.x_T.to(device)

@@ -181,7 +181,7 @@ def load_raw_sampler(registry: Path, dataset: str, random_weights: bool) -> Any:
     entry = load_registry(registry).get(dataset, "ddgan")
     if entry is None:
         raise SystemExit(f"{registry} has no ddgan model for {dataset!r}")
-    return load_entry(entry, random_weights=random_weights).sampler
+    return load_entry(entry, random_weights=random_weights)
 
 
 def raw_sampler_rates(sampler: Any, batch_sizes: list[int], seconds: float = 3.0) -> dict[int, float]:

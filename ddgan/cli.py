@@ -1,7 +1,8 @@
-"""`ddgan`: the command-line entry point. Each package registers its own subcommands.
+"""`ddgan`: the command-line entry point; each package registers its own subcommands.
 
-Subcommand modules are imported lazily so that `ddgan serve` never imports training code and
-`ddgan --help` stays fast.
+The overview (`ddgan --help`) imports nothing but this file; a command's module is imported only when that
+command runs, so `ddgan serve` never imports training code. This is the one place (with `ddgan.bench`) that
+composes every package: it registers the exporters' backends into the sampler factory before a command runs.
 """
 
 from __future__ import annotations
@@ -12,48 +13,83 @@ import logging
 import sys
 from collections.abc import Sequence
 
-# subcommand -> module exposing `register(subparsers)`; one module may register several subcommands.
-COMMAND_MODULES: dict[str, str] = {
-    "sample": "ddgan.model.cli",
-    "convert": "ddgan.model.cli",
-    "train": "ddgan.training.cli",
-    "train-ddpm": "ddgan.training.cli",
-    "train-classifier": "ddgan.training.cli",
-    "eval": "ddgan.training.cli",
-    "toy": "ddgan.training.cli",
-    "export": "ddgan.export.cli",
-    "serve": "ddgan.server.cli",
-    "bench": "ddgan.bench.cli",
+# subcommand -> (module exposing `register(subparsers)`, one-line help); a module may register several commands.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample": ("ddgan.model.cli", "generate images from a model directory"),
+    "convert": ("ddgan.model.cli", "convert an official netG_*.pth into a model directory"),
+    "train": ("ddgan.training.cli", "train a DDGAN or SIDDM generator"),
+    "train-ddpm": ("ddgan.training.cli", "train the DDPM baseline"),
+    "train-classifier": ("ddgan.training.cli", "train the MNIST classifier used by ddgan eval"),
+    "eval": ("ddgan.training.cli", "evaluate a model: modes, KL, Fréchet distances, FID/IS"),
+    "toy": ("ddgan.training.cli", "the 2-D 25-Gaussian toy study"),
+    "export": ("ddgan.export.cli", "export the sampling chain: ONNX graph, TensorRT engine"),
+    "serve": ("ddgan.server.cli", "serve the registry's models over HTTP (POST /generate)"),
+    "bench": ("ddgan.bench.cli", "benchmarks: sampler, serve, backends ..."),
 }
+# The extra that provides a module a command may need (pyproject.toml optional-dependencies).
+EXTRAS: dict[str, str] = {
+    "onnx": "export",
+    "onnxruntime": "export",
+    "onnxscript": "export",
+    "tensorrt": "gpu",
+    "lmdb": "lmdb",
+    "tensorboard": "train",
+    "scipy": "train",
+    "torchmetrics": "train",
+    "ray": "ray",
+    "matplotlib": "plot",
+    "openvino": "openvino",
+}
+EXIT_USAGE = 2
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddgan", description="Few-step DDGAN image generation.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, third-party INFO included")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    modules = [COMMAND_MODULES[command]] if command in COMMAND_MODULES else sorted(set(COMMAND_MODULES.values()))
-    for name in modules:
-        try:
-            importlib.import_module(name).register(subparsers)
-        except ImportError as exc:  # an optional extra is missing: say which, keep the others usable
-            if command in COMMAND_MODULES:
-                raise SystemExit(f"ddgan {command}: missing dependency ({exc}); see README 'Install'") from exc
+    if command in COMMANDS:
+        importlib.import_module(COMMANDS[command][0]).register(subparsers)
+    else:
+        for name, (_, help_text) in COMMANDS.items():
+            subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def missing_extra_message(command: str, exc: ModuleNotFoundError) -> str:
+    """One line naming the extra that installs a missing module, or the module when no extra has it."""
+    module = (exc.name or "").partition(".")[0]
+    extra = EXTRAS.get(module)
+    if extra is None:
+        return f"ddgan {command}: missing Python module {module or exc}; see README 'Install'"
+    return f"ddgan {command}: needs the '{extra}' extra (missing module {module}): pip install -e '.[{extra}]'"
+
+
+def configure_logging(verbose: bool) -> None:
+    """Our INFO lines; third-party libraries at WARNING unless --verbose (onnxscript alone logs ~900 lines)."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
+    logging.getLogger("ddgan").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def register_backends() -> None:
+    """The exporters' backends join the sampler factory (the torch ones are always there)."""
+    from ddgan.export.backends import register
+
+    register()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
-    return int(args.handler(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        parser = build_parser(command)
+        args = parser.parse_args(argv)
+        configure_logging(args.verbose)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return EXIT_USAGE
+        register_backends()
+        return int(args.handler(args) or 0)
+    except ModuleNotFoundError as exc:
+        sys.stderr.write(missing_extra_message(command or "", exc) + "\n")
+        return EXIT_USAGE

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddgan.model.checkpoint import atomic_write_bytes, weights_digest
+from ddgan.model.checkpoint import atomic_write_bytes, file_sha256, weights_digest
 
 ONNX_FORMAT = "ddgan-chain-onnx"
 ENGINE_FORMAT = "ddgan-chain-tensorrt"
@@ -53,14 +52,6 @@ def metadata_path(artifact: str | Path) -> Path:
     """The JSON beside an artifact: `chain.onnx` -> `chain.onnx.json`."""
     artifact = Path(artifact)
     return artifact.with_name(artifact.name + ".json")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def utc_now() -> str:

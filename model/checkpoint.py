@@ -127,6 +127,16 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def tensors_digest(state_dict: Mapping[str, Tensor]) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of tensors (weights that never touched a file)."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def weights_digest(directory: str | Path) -> str:
     """sha256 of a model directory's weights file: exported artifacts record it to detect staleness."""
     return file_sha256(Path(directory) / WEIGHTS_FILE)

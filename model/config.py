@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+# Network precisions by the names the CLI, the registry, the API and the metrics use.
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, malformed or unsupported."""

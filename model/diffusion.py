@@ -76,10 +76,7 @@ class DiffusionSchedule(nn.Module):
     def q_sample_pairs(self, x_0: Tensor, t: Tensor, noise: Tensor, noise_next: Tensor) -> tuple[Tensor, Tensor]:
         """(x_t, x_{t+1}): x_t ~ q(x_t | x_0), then one forward step x_{t+1} = √(1−β_{t+1}) x_t + √β_{t+1} ε′."""
         x_t = self.q_sample(x_0, t, noise)
-        x_t_plus_one = (
-            _per_sample(self.step_a, t + 1, x_0) * x_t + _per_sample(self.step_sigma, t + 1, x_0) * noise_next
-        )
-        return x_t, x_t_plus_one
+        return x_t, self.q_step(x_t, t, noise_next)
 
     def q_step(self, x_t: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """One forward step x_{t+1} ~ q(x_{t+1} | x_t) (SIDDM's forward kernel)."""

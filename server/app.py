@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
+from ddgan.export.backends import register as register_backends
 from ddgan.server.errors import install_error_handlers
 from ddgan.server.metrics import UNKNOWN, ServerMetrics
 from ddgan.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from ddgan.server.registry import Registry, load_registry
 from ddgan.server.routes import generate, health, models
 from ddgan.server.runtime import LoadModel, Runtime
+from ddgan.server.serving import GenerationService
 from ddgan.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -37,21 +39,25 @@ def create_app(
     settings = settings or ServerSettings()
     registry = registry or load_registry(settings.registry)
     metrics = ServerMetrics()
-    runtime = Runtime(settings, registry, metrics, load_model) if load_model else Runtime(settings, registry, metrics)
+    register_backends()
+    engine = Runtime(settings, registry, metrics, load_model) if load_model else Runtime(settings, registry, metrics)
+    service = GenerationService(engine, settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
+        await engine.start()
         try:
             yield
         finally:
             logger.info("shutting down: finishing queued work (up to %.0f s)", settings.shutdown_timeout_s)
-            await runtime.stop()
+            await engine.stop()
+            await service.stop(settings.shutdown_timeout_s)
 
     app = FastAPI(title="DDGAN inference server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.runtime = runtime
+    app.state.engine = engine
+    app.state.service = service
 
     def count_rejected(request: Request, status: int) -> None:
         # /generate requests refused before the handler ran (bad JSON, wrong types, auth) still count.

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the runtime, the settings and the optional API key."""
+"""FastAPI dependencies: the engine, the serving layer, the settings, the metrics and the optional API key."""
 
 from __future__ import annotations
 
@@ -7,20 +7,26 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from ddgan.server.engine import Engine
 from ddgan.server.errors import APIError
 from ddgan.server.metrics import ServerMetrics
-from ddgan.server.runtime import Runtime
+from ddgan.server.serving import GenerationService
 from ddgan.server.settings import ServerSettings
 
 
-def get_runtime(request: Request) -> Runtime:
-    runtime: Runtime = request.app.state.runtime
-    return runtime
+def get_engine(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
 
 
 def get_settings(request: Request) -> ServerSettings:
     settings: ServerSettings = request.app.state.settings
     return settings
+
+
+def get_service(request: Request) -> GenerationService:
+    service: GenerationService = request.app.state.service
+    return service
 
 
 def get_metrics(request: Request) -> ServerMetrics:
@@ -41,7 +47,8 @@ def require_api_key(request: Request, settings: Annotated[ServerSettings, Depend
         )  # fmt: skip
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 MetricsDep = Annotated[ServerMetrics, Depends(get_metrics)]
+ServiceDep = Annotated[GenerationService, Depends(get_service)]
 ApiKey = Depends(require_api_key)

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the server (names and labels are the contract in docs/architecture.md).
+"""Prometheus metrics of the server: every series is defined and recorded here (the contract is in
+docs/architecture.md), the serving layer and the batch queues call the methods below.
 
 Base units; labels are `model` (dataset), `sampler` (ddgan/ddpm) and `status` (HTTP code) only, plus the
 info gauge. Each app owns its own `CollectorRegistry`, so several apps (tests) never collide.
@@ -76,6 +77,15 @@ class ServerMetrics:
         self.request_latency.labels(model, sampler, str(status)).observe(seconds)
         self.requests.labels(model, sampler, str(status)).inc()
 
+    def in_flight_changed(self, model: str, sampler: str, delta: int) -> None:
+        self.in_flight.labels(model, sampler).inc(delta)
+
+    def observe_png_encode(self, model: str, sampler: str, seconds: float) -> None:
+        self.png_encode.labels(model, sampler).observe(seconds)
+
+    def queue_observer(self, model: str, sampler: str) -> QueueMetrics:
+        return QueueMetrics(self, model, sampler)
+
     def set_model_info(self, model: str, sampler: str, backend: str, device: str, random_weights: bool) -> None:
         self.model_info.labels(model, sampler, backend, device, "random" if random_weights else "real").set(1)
         # Series exported at 0 from the start: rate() cannot see the increase of a series whose first sample is
@@ -86,3 +96,25 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class QueueMetrics:
+    """One model's batch-queue events (`server.batching.BatchObserver`) as its labelled series."""
+
+    def __init__(self, metrics: ServerMetrics, model: str, sampler: str) -> None:
+        self._inference = metrics.batch_inference.labels(model, sampler)
+        self._batch_size = metrics.batch_size.labels(model, sampler)
+        self._images = metrics.images_generated.labels(model, sampler)
+        self._queue_wait = metrics.queue_wait.labels(model, sampler)
+        self._queued = metrics.queued_images.labels(model, sampler)
+
+    def batch_done(self, units: int, seconds: float) -> None:
+        self._inference.observe(seconds)
+        self._batch_size.observe(units)
+        self._images.inc(units)
+
+    def queue_wait(self, seconds: float) -> None:
+        self._queue_wait.observe(seconds)
+
+    def queued(self, units: int) -> None:
+        self._queued.set(units)

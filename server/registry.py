@@ -5,8 +5,8 @@
 dataset = "mnist"          # the name clients send; looked up here, never used as a path
 sampler = "ddgan"          # or "ddpm" (the baseline of the same dataset)
 path = "mnist"             # model directory, relative to this file
-backend = "torch"          # ddgan: torch, torch-compile, onnxruntime, tensorrt (export.backends)
-backend_options = {}       # e.g. { cuda_graphs = true } or { compile_mode = "max-autotune" }
+backend = "torch"          # ddgan: torch, cuda-graphs, torch-compile, onnxruntime, tensorrt
+backend_options = {}       # the backend's options, e.g. { compile_mode = "max-autotune" } for torch-compile
 device = "auto"            # auto (cuda if present), cpu, cuda, cuda:1 ...
 dtype = "float32"
 max_batch_images = 16      # images per batch
@@ -25,7 +25,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SamplerKind = Literal["ddgan", "ddpm"]
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 class RegistryError(ValueError):
@@ -47,7 +46,7 @@ class ModelEntry(BaseModel):
     )
     backend: str = "torch"
     backend_options: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="keyword options of export.backends.load_sampler, e.g. cuda_graphs = true"
+        default_factory=dict, description="the backend's options, e.g. compile_mode for torch-compile"
     )
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"

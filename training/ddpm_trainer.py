@@ -6,7 +6,7 @@ weights (with the usual (1+n)/(10+n) warm-up so short runs are usable). It runs 
 (`training.loop`): t and ε of a step are drawn from a seed derived from (seed, rank, step), the data order is the
 `BatchStream`'s, so a checkpoint (weights, EMA, Adam moments, step) resumes exactly.
 
-The exported model is the EMA UNet in diffusers format (`model.ddpm.save_ddpm`), loadable by `load_ddpm_sampler`.
+The exported model is the EMA UNet in diffusers format (`model.ddpm_io.save_ddpm`), what `open_sampler` loads.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor
 
-from ddgan.model.ddpm import DDPMConfig, DDPMSampler, save_ddpm
+from ddgan.model.ddpm import DDPMSampler, ddpm_info
+from ddgan.model.ddpm_io import DDPMConfig, save_ddpm
 from ddgan.model.noise import image_seeds
 from ddgan.training.datasets import ImageDataset
 from ddgan.training.ddpm_config import DDPMTrainConfig
@@ -139,12 +140,9 @@ class DDPMTrainer(LoopTrainer):
         """EMA samples of the run's fixed seeds with `steps` denoising steps (default: `sample_steps`)."""
         c = self.config
         steps = steps or c.sample_steps
-        sampler = DDPMSampler(
-            self.ema,
-            dict(build_scheduler(c).config),
-            DDPMConfig(c.channels, c.image_size, c.num_train_timesteps, steps),
-            device=self.device,
-        )
+        model = DDPMConfig(c.channels, c.image_size, c.num_train_timesteps, steps, dataset=c.dataset_name)
+        info = ddpm_info(model, device=str(self.device), dtype="float32", weights_digest=f"training step {self.step}")
+        sampler = DDPMSampler(self.ema, dict(build_scheduler(c).config), info)
         return sampler.sample(image_seeds(c.sample_seed, c.sample_count), steps=steps)
 
     def write_final_samples(self, writer: Any, finished: bool) -> None:

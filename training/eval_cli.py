@@ -62,15 +62,9 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load_sampler(model_dir: str, device: str):
-    from ddgan.model.ddpm import is_ddpm_directory
+    from ddgan.model.sampler import open_sampler
 
-    if is_ddpm_directory(model_dir):
-        from ddgan.model.ddpm import load_ddpm_sampler
-
-        return load_ddpm_sampler(model_dir, device=device)
-    from ddgan.model.sampler import load_ddgan_sampler
-
-    return load_ddgan_sampler(model_dir, device=device)
+    return open_sampler(model_dir, device=device)
 
 
 def generate(sampler, seeds: list[int], batch_size: int, steps: int | None, progress: bool = False) -> torch.Tensor:
@@ -84,7 +78,7 @@ def generate(sampler, seeds: list[int], batch_size: int, steps: int | None, prog
     with tqdm(total=len(seeds), disable=not progress, unit="image", dynamic_ncols=True) as bar:
         for i in range(0, len(seeds), batch_size):
             chunk = seeds[i : i + batch_size]
-            images = sampler.sample(chunk, steps=steps) if sampler.kind == "ddpm" else sampler.sample(chunk)
+            images = sampler.sample(chunk, steps=steps)
             batches.append(uint8_to_float(to_uint8(images), channels_last=True))
             bar.update(len(chunk))
     return torch.cat(batches)
@@ -105,12 +99,15 @@ def _write_pngs(images: torch.Tensor, seeds: list[int], grid: str | None, folder
 def run_eval(args: argparse.Namespace) -> int:
     from ddgan.model.checkpoint import CheckpointError
     from ddgan.model.config import ConfigError
+    from ddgan.model.sampler import SamplerError
     from ddgan.training.classifier import ClassifierError
     from ddgan.training.inception import InceptionWeightsError
 
     try:
         return _run_eval(args)
-    except (CheckpointError, ConfigError, ClassifierError, InceptionWeightsError, FileNotFoundError) as exc:
+    except (
+        CheckpointError, ConfigError, SamplerError, ClassifierError, InceptionWeightsError, FileNotFoundError
+    ) as exc:  # fmt: skip
         raise SystemExit(f"ddgan eval: {exc}") from exc
 
 
@@ -140,15 +137,17 @@ def _run_eval(args: argparse.Namespace) -> int:
 
         inception = load_inception(args.inception_weights, args.device)
     sampler = _load_sampler(args.model, args.device)
-    channels = sampler.image_shape[0]
+    info = sampler.info
+    steps = info.check_steps(args.steps)
+    channels = info.image_shape[0]
     n = args.n or DEFAULT_SAMPLES[channels]
     seeds = image_seeds(args.seed, n)
     start = time.time()
-    images = generate(sampler, seeds, args.batch_size, args.steps, progress=not args.no_progress)
+    images = generate(sampler, seeds, args.batch_size, steps, progress=not args.no_progress)
     report: dict = {
         "model": str(args.model),
-        "sampler": sampler.kind,
-        "steps": args.steps or sampler.steps,
+        "sampler": info.kind,
+        "steps": steps,
         "num_samples": n,
         "seeds": [args.seed, args.seed + n - 1],
         "sampling_seconds": round(time.time() - start, 1),
@@ -167,7 +166,7 @@ def _run_eval(args: argparse.Namespace) -> int:
             text.append("precision {precision:.3f}  recall {recall:.3f}".format(**report["inception"]))
     if args.out:
         atomic_write_bytes(Path(args.out), (json.dumps(report, indent=2) + "\n").encode())
-    sys.stdout.write(f"{args.model} ({sampler.kind}, {report['steps']} steps, {n} samples, seeds {args.seed}..)\n")
+    sys.stdout.write(f"{args.model} ({info.kind}, {report['steps']} steps, {n} samples, seeds {args.seed}..)\n")
     sys.stdout.write("\n".join(text) + "\n")
     return 0
 

@@ -7,15 +7,15 @@ import time
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
-from ddgan.server.dependencies import MetricsDep, RuntimeDep
+from ddgan.server.dependencies import EngineDep, MetricsDep
 from ddgan.server.schemas import Health, ModelReadiness, Readiness
 
 router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz", response_model=Health, summary="The process is alive")
-async def healthz(runtime: RuntimeDep) -> Health:
-    return Health(status="ok", uptime_s=round(time.time() - runtime.started_at, 3))
+async def healthz(engine: EngineDep) -> Health:
+    return Health(status="ok", uptime_s=round(time.time() - engine.started_at, 3))
 
 
 @router.get(
@@ -24,12 +24,10 @@ async def healthz(runtime: RuntimeDep) -> Health:
     responses={503: {"model": Readiness, "description": "a model is still loading or failed"}},
     summary="Every installed model is loaded and warmed up",
 )
-async def readyz(runtime: RuntimeDep) -> JSONResponse:
+async def readyz(engine: EngineDep) -> JSONResponse:
     body = Readiness(
-        ready=runtime.ready,
-        models=[
-            ModelReadiness(model=m.entry.name, state=m.state.value, reason=m.reason) for m in runtime.models.values()
-        ],
+        ready=engine.ready,
+        models=[ModelReadiness(model=m.entry.name, state=m.state.value, reason=m.reason) for m in engine.handles()],
     )
     return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
 

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ddgan.server.dependencies import ApiKey, RuntimeDep, SettingsDep
-from ddgan.server.runtime import ModelState, ServedModel
+from ddgan.server.dependencies import ApiKey, EngineDep, SettingsDep
+from ddgan.server.engine import ModelHandle, ModelState
 from ddgan.server.schemas import ErrorResponse, ModelInfo, ModelList
 
 router = APIRouter(tags=["models"])
 
 
-def describe(served: ServedModel, settings_device: str | None, settings_backend: str | None) -> ModelInfo:
-    entry, loaded, shape = served.entry, served.loaded, served.image_shape
+def describe(served: ModelHandle, settings_device: str | None) -> ModelInfo:
+    entry, info = served.entry, served.info
+    shape = info.image_shape if info else None
     return ModelInfo(
         dataset=entry.dataset,
         sampler=entry.sampler,
@@ -20,18 +21,18 @@ def describe(served: ServedModel, settings_device: str | None, settings_backend:
         ready=served.state is ModelState.READY,
         reason=served.reason,
         install=entry.install_hint() if served.state is ModelState.NOT_INSTALLED else None,
-        steps=served.default_steps,
-        max_steps=served.max_steps if entry.sampler == "ddpm" else None,
+        steps=info.default_steps if info else entry.default_steps,
+        max_steps=(None if info.fixed_steps else info.max_steps) if info else None,
         resolution=shape[1] if shape else None,
         channels=shape[0] if shape else None,
-        backend=loaded.backend if loaded else (settings_backend if entry.sampler == "ddgan" else None) or entry.backend,
-        device=loaded.device if loaded else settings_device or entry.device,
-        dtype=entry.dtype,
-        weights=("random" if loaded.random_weights else "real") if loaded else None,
+        backend=info.backend if info else entry.backend,
+        device=info.device if info else settings_device or entry.device,
+        dtype=info.dtype if info else entry.dtype,
+        weights=("random" if info.random_weights else "real") if info else None,
         max_batch_images=entry.max_batch_images,
         max_wait_ms=entry.max_wait_ms,
         max_queue_images=entry.max_queue_images,
-        queued_images=served.queue.queued_images if served.queue else 0,
+        queued_images=served.queued_units,
     )
 
 
@@ -42,8 +43,8 @@ def describe(served: ServedModel, settings_device: str | None, settings_backend:
     responses={401: {"model": ErrorResponse}},
     summary="Configured models and their state",
 )
-async def list_models(runtime: RuntimeDep, settings: SettingsDep) -> ModelList:
+async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelList:
     return ModelList(
         max_images_per_request=settings.max_images_per_request,
-        models=[describe(m, settings.device, settings.backend) for m in runtime.models.values()],
+        models=[describe(m, settings.device) for m in engine.handles()],
     )

@@ -46,7 +46,7 @@ def build_tiny_models(root: Path) -> Path:
 
     from ddgan.model.checkpoint import save_model
     from ddgan.model.config import DiffusionConfig, GeneratorConfig, ModelConfig
-    from ddgan.model.ddpm import build_unet, save_ddpm
+    from ddgan.model.ddpm_io import build_unet, save_ddpm
     from ddgan.model.sampler import random_generator
 
     generator = GeneratorConfig(

@@ -7,9 +7,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddgan.export.backends import register
 from ddgan.model.checkpoint import save_model
 from ddgan.model.config import DiffusionConfig, GeneratorConfig, ModelConfig
-from ddgan.model.sampler import random_generator
+from ddgan.model.sampler import Sampler, open_sampler, random_generator
+
+register()  # the exporters' backends join the sampler factory, as the `ddgan` command and the server do
+
+
+def load_sampler(directory: Path, **options: object) -> Sampler:
+    """The factory's sampler of a model directory (backend, device, dtype ... as keyword options)."""
+    return open_sampler(directory, **options)  # type: ignore[arg-type]
 
 
 def tiny_config(ch_mult: tuple[int, ...] = (1, 2), num_timesteps: int = 2) -> ModelConfig:

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from ddgan.export.artifacts import metadata_path, read_engine_metadata
-from ddgan.export.backends import load_sampler
 from ddgan.export.onnx_export import export_onnx
-from tests.export.conftest import make_model_dir, tiny_config
+from tests.export.conftest import load_sampler, make_model_dir, tiny_config
 
 pytestmark = [
     pytest.mark.gpu,
@@ -67,7 +66,7 @@ def test_engine_for_another_gpu_is_refused_with_the_reason(gpu_dir: Path) -> Non
 
 
 def test_cuda_graphs_match_eager(gpu_dir: Path, reference: torch.Tensor) -> None:
-    sampler = load_sampler(gpu_dir, backend="torch", device="cuda", cuda_graphs=True)
+    sampler = load_sampler(gpu_dir, backend="cuda-graphs", device="cuda")
     first = sampler.sample(SEEDS)
     assert torch.equal(first, sampler.sample(SEEDS))  # replay of the captured graph
     assert float((first - reference).abs().max()) <= 1e-3

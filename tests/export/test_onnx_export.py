@@ -14,16 +14,13 @@ import torch
 
 import ddgan.cli
 from ddgan.export.artifacts import (
-    ArtifactError,
-    StaleArtifactError,
     metadata_path,
     read_onnx_metadata,
 )
-from ddgan.export.backends import BackendError, available_backends, backend_availability, load_sampler
 from ddgan.export.onnx_export import ExportError, batch_dims, check_onnx_file, export_chain, export_onnx
 from ddgan.model.checkpoint import load_model, weights_digest
-from ddgan.model.sampler import load_ddgan_sampler
-from tests.export.conftest import make_model_dir, tiny_config
+from ddgan.model.sampler import SamplerError, backend_availability, open_sampler
+from tests.export.conftest import load_sampler, make_model_dir, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -74,11 +71,11 @@ def test_onnxruntime_matches_torch_on_fresh_random_inputs(exported: Path, tiny_d
 def test_seeded_sampler_is_the_same_on_onnxruntime_and_torch(exported: Path, tiny_dir: Path) -> None:
     onnx_sampler = load_sampler(tiny_dir, backend="onnxruntime")
     torch_sampler = load_sampler(tiny_dir, backend="torch")
-    assert onnx_sampler.backend == "onnxruntime" and onnx_sampler.steps == 2
+    assert onnx_sampler.info.backend == "onnxruntime" and onnx_sampler.info.default_steps == 2
     seeds = [7, 8, 9]
     onnx_images = onnx_sampler.sample(seeds)
     assert float((onnx_images - torch_sampler.sample(seeds)).abs().max()) <= 1e-4
-    assert float((onnx_images - load_ddgan_sampler(tiny_dir).sample(seeds)).abs().max()) <= 1e-4
+    assert float((onnx_images - load_sampler(tiny_dir).sample(seeds)).abs().max()) <= 1e-4
     # An image depends on its own seed only: alone or inside a batch, the same numbers.
     assert torch.allclose(onnx_sampler.sample([8])[0], onnx_images[1], atol=1e-6)
 
@@ -88,7 +85,7 @@ def test_stale_artifact_is_refused_with_the_reexport_command(exported: Path, tmp
     make_model_dir(model_dir, tiny_config(), seed=5)  # same architecture, other weights
     shutil.copy(exported, model_dir / "chain.onnx")
     shutil.copy(metadata_path(exported), model_dir / "chain.onnx.json")
-    with pytest.raises(StaleArtifactError, match="stale") as excinfo:
+    with pytest.raises(SamplerError, match="stale") as excinfo:
         load_sampler(model_dir, backend="onnxruntime")
     assert f"ddgan export onnx --model {model_dir}" in str(excinfo.value)
 
@@ -96,13 +93,13 @@ def test_stale_artifact_is_refused_with_the_reexport_command(exported: Path, tmp
 def test_replaced_or_missing_artifact_is_refused(exported: Path, tiny_dir: Path, tmp_path: Path) -> None:
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_dir, model_dir)
-    with pytest.raises(ArtifactError, match="chain.fp16.onnx; export it with: ddgan export onnx .* --fp16"):
-        load_sampler(model_dir, backend="onnxruntime", dtype=torch.float16)
+    with pytest.raises(SamplerError, match="chain.fp16.onnx; export it with: ddgan export onnx .* --fp16"):
+        load_sampler(model_dir, backend="onnxruntime", dtype="float16")
     (model_dir / "chain.onnx").write_bytes(exported.read_bytes()[:-10])
-    with pytest.raises(ArtifactError, match="does not match its metadata"):
+    with pytest.raises(SamplerError, match="does not match its metadata"):
         load_sampler(model_dir, backend="onnxruntime")
     (model_dir / "chain.onnx.json").unlink()
-    with pytest.raises(ArtifactError, match="no metadata file"):
+    with pytest.raises(SamplerError, match="no metadata file"):
         load_sampler(model_dir, backend="onnxruntime")
 
 
@@ -110,9 +107,10 @@ def test_failed_verification_installs_nothing(
     exported: Path, tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Reuse the module's export instead of tracing again; the verification itself is real and must fail at 0.
-    monkeypatch.setattr(
-        "export.onnx_export.trace_to_onnx", lambda chain, config, path, opset, max_batch: shutil.copy(exported, path)
-    )
+    def copy_export(chain: object, config: object, path: Path, opset: int, max_batch: int) -> None:
+        shutil.copy(exported, path)
+
+    monkeypatch.setattr("ddgan.export.onnx_export.trace_to_onnx", copy_export)
     output = tmp_path / "out" / "chain.onnx"
     with pytest.raises(ExportError, match="exceeds the tolerance"):
         export_onnx(tiny_dir, output, tolerance=0.0)
@@ -138,18 +136,24 @@ def test_trt_without_tensorrt_or_gpu_exits_nonzero_with_a_clear_message(
 
 
 def test_backend_availability_on_cpu() -> None:
-    available = available_backends("cpu")
-    assert available[:1] == ["torch"] and "onnxruntime" in available and "tensorrt" not in available
-    assert backend_availability("cpu")["tensorrt"] == "TensorRT runs on CUDA devices only"
+    reasons = backend_availability("cpu")
+    available = [name for name, reason in reasons.items() if reason is None]
+    assert {"torch", "onnxruntime"} <= set(available) and "tensorrt" not in available
+    assert reasons["tensorrt"] == "TensorRT runs on CUDA devices only"
+    assert reasons["cuda-graphs"] == "CUDA graphs need a CUDA device"
 
 
 def test_bad_backend_requests_are_clear_errors(exported: Path, tiny_dir: Path) -> None:
-    with pytest.raises(BackendError, match="unknown backend 'tflite'"):
+    with pytest.raises(SamplerError, match="unknown backend 'tflite'; registered: .*onnxruntime"):
         load_sampler(tiny_dir, backend="tflite")
-    with pytest.raises(BackendError, match="float32 or float16 exports, not torch.bfloat16"):
-        load_sampler(tiny_dir, backend="onnxruntime", dtype=torch.bfloat16)
+    with pytest.raises(SamplerError, match="computes in float32, float16, not bfloat16"):
+        load_sampler(tiny_dir, backend="onnxruntime", dtype="bfloat16")
+    with pytest.raises(SamplerError, match="has no option cuda_graphs .accepted: artifact, providers"):
+        load_sampler(tiny_dir, backend="onnxruntime", options={"cuda_graphs": True})
+    with pytest.raises(SamplerError, match="runs exported weights only"):
+        open_sampler(preset="mnist", random_weights=True, backend="onnxruntime")
     if not torch.cuda.is_available():
-        with pytest.raises(BackendError, match="CUDA is not available"):
+        with pytest.raises(SamplerError, match="CUDA is not available"):
             load_sampler(tiny_dir, backend="tensorrt", device="cuda")
 
 
@@ -159,5 +163,5 @@ def test_config_change_since_export_is_refused(exported: Path, tiny_dir: Path, t
     config = json.loads((model_dir / "config.json").read_text())
     config["diffusion"]["beta_max"] = 10.0
     (model_dir / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ArtifactError, match="another diffusion config"):
+    with pytest.raises(SamplerError, match="another diffusion config"):
         load_sampler(model_dir, backend="onnxruntime")

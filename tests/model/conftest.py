@@ -52,8 +52,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_state_dict: di
 
 @pytest.fixture(scope="session")
 def tiny_ddpm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ddgan.model.ddpm import random_weights_ddpm, save_ddpm
+    from diffusers import DDPMScheduler
 
-    sampler = random_weights_ddpm("tiny", num_channels=3, default_steps=3, seed=2)
+    from ddgan.model.ddpm_io import build_unet, save_ddpm
+
+    unet = build_unet("tiny", num_channels=3, seed=2)
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
     directory = tmp_path_factory.mktemp("models") / "tiny-ddpm"
-    return save_ddpm(directory, sampler.unet, sampler.scheduler(), dataset="tiny-test", default_steps=3)
+    return save_ddpm(directory, unet, scheduler, dataset="tiny-test", default_steps=3)

@@ -23,8 +23,10 @@ from ddgan.model.checkpoint import (
     weights_digest,
 )
 from ddgan.model.config import get_preset
+from ddgan.model.ddgan_sampler import DDGANSampler
+from ddgan.model.diffusion import SamplingChain
 from ddgan.model.noise import chain_noise
-from ddgan.model.sampler import load_ddgan_sampler, random_generator, torch_chain
+from ddgan.model.sampler import open_sampler, random_generator
 
 from .conftest import TINY_CONFIG
 
@@ -42,8 +44,10 @@ def test_save_load_round_trip_gives_identical_outputs(tiny_model_dir: Path, tiny
     assert original.state_dict().keys() == loaded.state_dict().keys()
     noise = chain_noise([3, 4], config.image_shape, config.generator.nz, config.diffusion.num_timesteps)
     with torch.no_grad():
-        expected = torch_chain(original, config, "cpu", torch.float32)(*noise)
-        got = load_ddgan_sampler(tiny_model_dir).sample_from_noise(noise)
+        expected = SamplingChain(original, config.diffusion)(*noise)
+        sampler = open_sampler(tiny_model_dir)
+        assert isinstance(sampler, DDGANSampler)
+        got = sampler.sample_from_noise(noise)
     assert torch.equal(expected, got)
     meta = json.loads((tiny_model_dir / CONFIG_FILE).read_text())
     assert meta["format"] == "ddgan-generator" and meta["preset"] == "tiny"

@@ -14,7 +14,7 @@ import ddgan.cli
 from ddgan.model.checkpoint import CONFIG_FILE, load_config, load_model
 from ddgan.model.config import PRESETS
 from ddgan.model.images import make_grid, to_uint8
-from ddgan.model.sampler import load_ddgan_sampler
+from ddgan.model.sampler import open_sampler
 
 from .conftest import TINY_CONFIG
 
@@ -39,7 +39,7 @@ def test_sample_writes_one_png_per_seed_and_a_grid(tmp_path: Path, tiny_model_di
     image = np.asarray(Image.open(out / "9.png"))
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8
     # The PNG holds exactly the sampler's image for seed 9 (batches differ only by float rounding).
-    expected = to_uint8(load_ddgan_sampler(tiny_model_dir).sample([9]))[0]
+    expected = to_uint8(open_sampler(tiny_model_dir).sample([9]))[0]
     assert np.abs(image.astype(int) - expected.astype(int)).max() <= 1
     grid = np.asarray(Image.open(out / "grid.png"))
     assert grid.shape == make_grid(np.zeros((5, 16, 16, 3), np.uint8)).shape == (2 + 2 * 18, 2 + 3 * 18, 3)
@@ -47,18 +47,17 @@ def test_sample_writes_one_png_per_seed_and_a_grid(tmp_path: Path, tiny_model_di
     assert "wrote 5 images (seeds 7..11)" in stdout and "RANDOM" not in stdout
 
 
-def test_fixed_batch_gives_the_same_png_bytes_for_a_seed(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_micro_batch_gives_the_same_png_bytes_for_a_seed(tmp_path: Path, tiny_model_dir: Path) -> None:
     for name, n, seed in (("a", 3, 4), ("b", 1, 5)):
         args = ["sample", "--model", str(tiny_model_dir), "-n", str(n), "--seed", str(seed), "-o", str(tmp_path / name)]
-        assert ddgan.cli.main([*args, "--fixed-batch", "2"]) == 0
+        assert ddgan.cli.main([*args, "--micro-batch", "2"]) == 0
     assert (tmp_path / "a" / "5.png").read_bytes() == (tmp_path / "b" / "5.png").read_bytes()
 
 
 def test_random_weights_say_so_in_output_and_files(tmp_path: Path, capsys) -> None:
     out = tmp_path / "random"
-    assert (
-        ddgan.cli.main(["sample", "--preset", "mnist", "--random-weights", "-n", "2", "--seed", "0", "-o", str(out)]) == 0
-    )
+    argv = ["sample", "--preset", "mnist", "--random-weights", "-n", "2", "--seed", "0", "-o", str(out)]
+    assert ddgan.cli.main(argv) == 0
     assert _pngs(out) == ["random-weights-0.png", "random-weights-1.png", "random-weights-grid.png"]
     assert "RANDOM WEIGHTS" in (out / "README.txt").read_text()
     assert "WARNING: RANDOM WEIGHTS" in capsys.readouterr().out
@@ -67,10 +66,8 @@ def test_random_weights_say_so_in_output_and_files(tmp_path: Path, capsys) -> No
 
 def test_sample_a_ddpm_directory_with_steps(tmp_path: Path, tiny_ddpm_dir: Path, capsys) -> None:
     out = tmp_path / "ddpm"
-    assert (
-        ddgan.cli.main(["sample", "--model", str(tiny_ddpm_dir), "-n", "2", "--seed", "3", "--steps", "2", "-o", str(out)])
-        == 0
-    )
+    argv = ["sample", "--model", str(tiny_ddpm_dir), "-n", "2", "--seed", "3", "--steps", "2", "-o", str(out)]
+    assert ddgan.cli.main(argv) == 0
     assert _pngs(out) == ["3.png", "4.png", "grid.png"]
     assert "ddpm, 2 steps" in capsys.readouterr().out
 
@@ -80,11 +77,11 @@ def test_sample_a_ddpm_directory_with_steps(tmp_path: Path, tiny_ddpm_dir: Path,
     [
         (["--model", "{tmp}/absent"], ["model directory not found"]),
         (["--model", "{tmp}"], ["is not a model directory"]),
-        (["--model", "{tiny}", "--steps", "10"], ["--steps applies to DDPM models only"]),
+        (["--model", "{tiny}", "--steps", "10"], ["--steps: this ddgan model always runs its 4 steps"]),
         (["--model", "{tiny}", "-n", "0"], ["-n must be >= 1"]),
         (["--model", "{tiny}", "--seed", "-3"], ["seed must be in"]),
         (["--preset", "cifar10"], ["needs --random-weights"]),
-        (["--model", "{ddpm}", "--steps", "5000"], ["steps must be in 1..1000"]),
+        (["--model", "{ddpm}", "--steps", "5000"], ["--steps: steps must be in 1..1000"]),
         (["--model", "{tiny}", "--device", "cuda:0"] if not torch.cuda.is_available() else ["--model", "{tmp}"],
          ["CUDA is not available"] if not torch.cuda.is_available() else ["not a model directory"]),
     ],
@@ -150,7 +147,8 @@ def test_convert_errors(tmp_path: Path, tiny_state_dict: dict, capsys) -> None:
     assert ddgan.cli.main(["convert", str(source), "--preset", "mnist", "-o", str(tmp_path / "m")]) == 2
     _one_line_error(capsys, "does not match preset 'mnist'", "missing keys", "unexpected keys")
     assert not (tmp_path / "m").exists()
-    assert ddgan.cli.main(["convert", str(tmp_path / "netG_0.pth"), "--preset", "mnist", "-o", str(tmp_path / "m")]) == 2
+    absent = str(tmp_path / "netG_0.pth")
+    assert ddgan.cli.main(["convert", absent, "--preset", "mnist", "-o", str(tmp_path / "m")]) == 2
     _one_line_error(capsys, "checkpoint not found")
     assert ddgan.cli.main(["convert", str(source), "--official-args", "nz", "-o", str(tmp_path / "m")]) == 2
     _one_line_error(capsys, "KEY=VALUE")
@@ -163,4 +161,4 @@ def test_convert_with_a_preset(tmp_path: Path, tiny_state_dict: dict, monkeypatc
     monkeypatch.setitem(PRESETS, "tiny", TINY_CONFIG)
     source = _official_pth(tmp_path / "netG_75.pth", tiny_state_dict)
     assert ddgan.cli.main(["convert", str(source), "--preset", "tiny", "-o", str(tmp_path / "p")]) == 0
-    assert load_ddgan_sampler(tmp_path / "p").sample([1]).shape == (1, 3, 16, 16)
+    assert open_sampler(tmp_path / "p").sample([1]).shape == (1, 3, 16, 16)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -12,15 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddgan.model.checkpoint import CheckpointError
-from ddgan.model.ddpm import (
-    DDPMSampler,
-    find_ddpm_layout,
-    is_ddpm_directory,
-    load_ddpm_sampler,
-    random_weights_ddpm,
-    save_ddpm,
-)
+from ddgan.model.ddpm import DDPMSampler
+from ddgan.model.ddpm_io import find_ddpm_layout, is_ddpm_directory, save_ddpm
+from ddgan.model.sampler import SamplerError, StepsError, WeightsNotFoundError, open_sampler
+
+
+def load_ddpm_sampler(directory: Path, **options) -> DDPMSampler:
+    sampler = open_sampler(directory, kind="ddpm", **options)
+    assert isinstance(sampler, DDPMSampler)
+    return sampler
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +44,12 @@ def test_directory_layout_and_metadata(tiny_ddpm_dir: Path, sampler: DDPMSampler
         "ddpm.json", "model_index.json", "scheduler", "scheduler/scheduler_config.json",
         "unet", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
     ]  # fmt: skip
-    assert sampler.kind == "ddpm" and sampler.backend == "torch" and not sampler.random_weights
-    assert sampler.steps == 3 and sampler.num_train_timesteps == 1000
-    assert sampler.image_shape == (3, 16, 16)
-    assert sampler.config.dataset == "tiny-test" and sampler.config.layout == "pipeline"
+    info = sampler.info
+    assert info.kind == "ddpm" and info.backend == "torch" and not info.random_weights
+    assert (info.default_steps, info.min_steps, info.max_steps) == (3, 1, 1000)
+    assert info.image_shape == (3, 16, 16) and info.dataset == "tiny-test"
+    weights = tiny_ddpm_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    assert info.weights_digest == hashlib.sha256(weights.read_bytes()).hexdigest()
 
 
 def test_sampling_is_ancestral_ddpm_with_strided_timesteps(sampler: DDPMSampler) -> None:
@@ -56,7 +59,7 @@ def test_sampling_is_ancestral_ddpm_with_strided_timesteps(sampler: DDPMSampler)
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float32)
     alpha_bar = torch.cumprod(1 - betas, dim=0)
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(sampler.image_shape, generator=generator)[None]
+    x = torch.randn(sampler.info.image_shape, generator=generator)[None]
     timesteps = [750, 500, 250, 0]
     with torch.no_grad():
         for i, t in enumerate(timesteps):
@@ -69,7 +72,7 @@ def test_sampling_is_ancestral_ddpm_with_strided_timesteps(sampler: DDPMSampler)
             mean = (a_prev.sqrt() * beta_t / (1 - a_t)) * x_0 + ((1 - beta_t).sqrt() * (1 - a_prev) / (1 - a_t)) * x
             if t > 0:
                 variance = ((1 - a_prev) / (1 - a_t) * beta_t).clamp(min=1e-20)
-                mean = mean + variance.sqrt() * torch.randn(sampler.image_shape, generator=generator)[None]
+                mean = mean + variance.sqrt() * torch.randn(sampler.info.image_shape, generator=generator)[None]
             x = mean
     torch.testing.assert_close(sampler.sample([seed], steps=steps), x.clamp(-1, 1), rtol=0, atol=1e-5)
 
@@ -82,15 +85,33 @@ def test_default_steps_progress_and_range(sampler: DDPMSampler) -> None:
     assert images.min() >= -1 and images.max() <= 1
     assert not torch.equal(images[0], images[1])
     for steps in (0, 1001):
-        with pytest.raises(ValueError, match="steps"):
+        with pytest.raises(StepsError, match="steps"):
             sampler.sample([1], steps=steps)
+
+
+def test_images_of_different_steps_share_a_call_and_match_their_own_runs(sampler: DDPMSampler) -> None:
+    """Each image follows its own schedule: mixed steps in one call equal each image sampled on its own."""
+    calls: list[tuple[int, int]] = []
+    mixed = sampler.sample([5, 6, 7], steps=[2, 5, 3], progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(k, 5) for k in range(1, 6)]  # iterations: the largest step count
+    for row, (seed, steps) in enumerate([(5, 2), (6, 5), (7, 3)]):
+        torch.testing.assert_close(mixed[row], sampler.sample([seed], steps=steps)[0], rtol=0, atol=1e-5)
+    with pytest.raises(StepsError, match="2 step counts for 3 seeds"):
+        sampler.sample([1, 2, 3], steps=[2, 2])
+
+
+def test_mixed_steps_are_bit_identical_with_a_micro_batch(tiny_ddpm_dir: Path) -> None:
+    exact = load_ddpm_sampler(tiny_ddpm_dir, micro_batch=2)
+    mixed = exact.sample([5, 6, 7], steps=[2, 5, 3])
+    assert torch.equal(mixed[1], exact.sample([6], steps=5)[0])
+    assert torch.equal(mixed[2], exact.sample([9, 7], steps=[1, 3])[1])
 
 
 def test_seeded_images_do_not_depend_on_the_batch(tiny_ddpm_dir: Path, sampler: DDPMSampler) -> None:
     batch = sampler.sample([5, 6, 7], steps=2)
     assert torch.equal(sampler.sample([9, 6, 1], steps=2)[1], batch[1])  # same size: bit-identical
     torch.testing.assert_close(sampler.sample([6], steps=2)[0], batch[1], rtol=0, atol=1e-5)
-    exact = load_ddpm_sampler(tiny_ddpm_dir, fixed_batch=2)
+    exact = load_ddpm_sampler(tiny_ddpm_dir, micro_batch=2)
     exact_batch = exact.sample([5, 6, 7], steps=2)
     assert torch.equal(exact.sample([6], steps=2)[0], exact_batch[1])
     assert torch.equal(exact.sample([7, 8], steps=2)[0], exact_batch[2])
@@ -103,7 +124,7 @@ def test_hub_layout_with_a_ddim_scheduler_config(tmp_path: Path, tiny_ddpm_dir: 
     (hub / "scheduler_config.json").write_text(json.dumps(scheduler))
     assert find_ddpm_layout(hub).name == "hub-unet"
     loaded = load_ddpm_sampler(hub)
-    assert loaded.steps == 1000 and loaded.config.layout == "hub-unet"
+    assert loaded.info.default_steps == 1000
     assert torch.equal(loaded.sample([3, 4], steps=2), sampler.sample([3, 4], steps=2))
 
 
@@ -131,7 +152,7 @@ def test_bin_carrying_code_is_refused_and_does_not_run(tmp_path: Path, tiny_ddpm
     marker = tmp_path / "pwned"
     with open(hub / "diffusion_pytorch_model.bin", "wb") as handle:
         pickle.dump({"conv_in.weight": _RunsCode(marker)}, handle, protocol=2)
-    with pytest.raises(CheckpointError, match="refusing .*safetensors"):
+    with pytest.raises(SamplerError, match="refusing .*safetensors"):
         load_ddpm_sampler(hub)
     assert not marker.exists()
 
@@ -143,39 +164,52 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path, tiny_ddp
     del state_dict["conv_in.bias"]
     torch.save(state_dict, hub / "diffusion_pytorch_model.bin")
     weights.unlink()
-    with pytest.raises(CheckpointError, match="missing keys: conv_in.bias"):
+    with pytest.raises(SamplerError, match="missing keys: conv_in.bias"):
         load_ddpm_sampler(hub)
 
 
 def test_directory_errors(tmp_path: Path, tiny_ddpm_dir: Path, tiny_model_dir: Path) -> None:
-    with pytest.raises(CheckpointError, match="not found"):
+    with pytest.raises(WeightsNotFoundError, match="not found"):
         load_ddpm_sampler(tmp_path / "absent")
-    with pytest.raises(CheckpointError, match="not a DDPM model directory"):
-        load_ddpm_sampler(tiny_model_dir)  # a DDGAN directory
+    with pytest.raises(SamplerError, match="holds a DDGAN model, not a DDPM one"):
+        load_ddpm_sampler(tiny_model_dir)
     assert not is_ddpm_directory(tiny_model_dir) and is_ddpm_directory(tiny_ddpm_dir)
     no_scheduler = tmp_path / "no-scheduler"
     shutil.copytree(tiny_ddpm_dir, no_scheduler)
     shutil.rmtree(no_scheduler / "scheduler")
-    with pytest.raises(CheckpointError, match="scheduler config"):
+    with pytest.raises(SamplerError, match="scheduler config"):
         load_ddpm_sampler(no_scheduler)
     no_weights = tmp_path / "no-weights"
     shutil.copytree(tiny_ddpm_dir, no_weights)
     (no_weights / "unet" / "diffusion_pytorch_model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="no UNet weights"):
+    with pytest.raises(SamplerError, match="no UNet weights"):
         load_ddpm_sampler(no_weights)
 
 
-def test_random_weights_sampler_is_marked_and_reproducible() -> None:
-    first = random_weights_ddpm("tiny", num_channels=1, image_size=8, default_steps=2)
-    second = random_weights_ddpm("tiny", num_channels=1, image_size=8, default_steps=2)
-    assert first.random_weights and first.image_shape == (1, 8, 8) and first.steps == 2
+def test_random_weights_sampler_is_marked_and_reproducible(tiny_ddpm_dir: Path) -> None:
+    options = {"preset": "tiny", "kind": "ddpm", "dataset": "mnist", "random_weights": True, "default_steps": 2}
+    first, second = open_sampler(**options), open_sampler(**options)
+    info = first.info
+    assert info.random_weights and info.image_shape == (1, 32, 32) and info.default_steps == 2
+    assert info.weights_digest == second.info.weights_digest
     assert torch.equal(first.sample([0]), second.sample([0]))
-    with pytest.raises(ValueError, match="unknown DDPM architecture"):
-        random_weights_ddpm("imagenet")
+    with pytest.raises(SamplerError, match="no random-weights DDPM architecture 'imagenet'"):
+        open_sampler(preset="imagenet", kind="ddpm", random_weights=True)
+    # An installed directory's own architecture, re-initialised: same shape, other weights.
+    reinitialised = open_sampler(tiny_ddpm_dir, random_weights=True)
+    assert reinitialised.info.random_weights and reinitialised.info.image_shape == (3, 16, 16)
+    assert reinitialised.info.weights_digest != load_ddpm_sampler(tiny_ddpm_dir).info.weights_digest
 
 
 def test_save_load_round_trip_is_bit_identical(sampler: DDPMSampler) -> None:
-    original = random_weights_ddpm("tiny", num_channels=3, default_steps=3, seed=2)  # what conftest saved
+    from ddgan.model.ddpm import ddpm_info
+    from ddgan.model.ddpm_io import DDPMConfig, build_unet, linear_scheduler_config
+
+    original = DDPMSampler(  # the UNet conftest saved, never written to disk
+        build_unet("tiny", num_channels=3, seed=2),
+        linear_scheduler_config(),
+        ddpm_info(DDPMConfig(3, 16, 1000, 3), device="cpu", dtype="float32", weights_digest="memory"),
+    )
     assert torch.equal(original.sample([4, 5], steps=2), sampler.sample([4, 5], steps=2))
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from ddgan.model.noise import MAX_SEED, chain_noise, image_generators, image_seeds
-from ddgan.model.sampler import DDGANSampler, random_weights_sampler
+from ddgan.model.sampler import Sampler, StepsError, open_sampler
 
 from .conftest import TINY_CONFIG
 
@@ -45,19 +47,19 @@ def test_image_generators_are_independent_per_seed() -> None:
 
 
 @pytest.fixture(scope="module")
-def sampler() -> DDGANSampler:
-    return random_weights_sampler(TINY_CONFIG)
+def sampler(tiny_model_dir: Path) -> Sampler:
+    return open_sampler(tiny_model_dir)
 
 
-def test_same_batch_size_any_neighbours_and_slot_is_bit_identical(sampler: DDGANSampler) -> None:
+def test_same_batch_size_any_neighbours_and_slot_is_bit_identical(sampler: Sampler) -> None:
     a = sampler.sample([1, 2, 3])
     b = sampler.sample([40, 41, 1])
     assert torch.equal(a[0], b[2])
 
 
-def test_fixed_batch_makes_an_image_bit_identical_alone_or_in_any_batch(sampler: DDGANSampler) -> None:
-    exact = random_weights_sampler(TINY_CONFIG)
-    exact.fixed_batch = 4
+def test_micro_batch_makes_an_image_bit_identical_alone_or_in_any_batch(sampler: Sampler, tiny_model_dir: Path) -> None:
+    exact = open_sampler(tiny_model_dir, micro_batch=4)
+    assert exact.info.micro_batch == 4 and sampler.info.micro_batch is None
     batch = exact.sample([10, 11, 12, 13, 14, 15])
     assert torch.equal(exact.sample([12]), batch[2:3])
     assert torch.equal(exact.sample([99, 15]), torch.stack([exact.sample([99])[0], batch[5]]))
@@ -65,9 +67,33 @@ def test_fixed_batch_makes_an_image_bit_identical_alone_or_in_any_batch(sampler:
     torch.testing.assert_close(batch, sampler.sample([10, 11, 12, 13, 14, 15]), rtol=0, atol=1e-5)
 
 
-def test_without_fixed_batch_an_image_alone_matches_its_batch_to_float_rounding(sampler: DDGANSampler) -> None:
+def test_without_micro_batch_an_image_alone_matches_its_batch_to_float_rounding(sampler: Sampler) -> None:
     batch = sampler.sample([20, 21, 22, 23, 24])
     torch.testing.assert_close(sampler.sample([22])[0], batch[2], rtol=0, atol=1e-5)
     assert batch.shape == (5, *SHAPE) and batch.dtype == torch.float32
     assert batch.abs().max() <= 1.0
     assert not torch.equal(batch[0], batch[1])
+
+
+def test_a_ddgan_runs_its_trained_steps_only(sampler: Sampler) -> None:
+    info = sampler.info
+    assert (info.kind, info.default_steps, info.min_steps, info.max_steps) == ("ddgan", T, T, T)
+    assert info.check_steps(None) == T and info.check_steps(T) == T
+    assert torch.equal(sampler.sample([3], steps=T), sampler.sample([3]))
+    with pytest.raises(StepsError, match=f"always runs its {T} steps"):
+        sampler.sample([3], steps=T + 1)
+
+
+def test_progress_reports_each_micro_batch_and_can_stop_the_call(tiny_model_dir: Path) -> None:
+    from ddgan.model.sampler import SamplingStoppedError
+
+    exact = open_sampler(tiny_model_dir, micro_batch=2)
+    calls: list[tuple[int, int]] = []
+    exact.sample([1, 2, 3, 4, 5], progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(T, 3 * T), (2 * T, 3 * T), (3 * T, 3 * T)]
+
+    def stop(done: int, total: int) -> None:
+        raise SamplingStoppedError
+
+    with pytest.raises(SamplingStoppedError):
+        exact.sample([1, 2, 3], progress=stop)

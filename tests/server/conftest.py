@@ -16,9 +16,9 @@ from fastapi import FastAPI
 
 from ddgan.model.checkpoint import save_model
 from ddgan.model.config import DiffusionConfig, GeneratorConfig, ModelConfig
-from ddgan.model.sampler import random_generator
+from ddgan.model.sampler import Sampler, random_generator
 from ddgan.server.app import create_app
-from ddgan.server.loader import LoadedModel, load_entry
+from ddgan.server.loader import load_entry
 from ddgan.server.registry import ModelEntry, load_registry
 from ddgan.server.settings import ServerSettings
 
@@ -50,7 +50,7 @@ def build_tiny_models(root: Path) -> Path:
     """A DDGAN (16x16x1, T=2) and a DDPM (16x16x1) in our/diffusers formats, and a registry over them."""
     from diffusers import DDPMScheduler
 
-    from ddgan.model.ddpm import build_unet, save_ddpm
+    from ddgan.model.ddpm_io import build_unet, save_ddpm
 
     save_model(root / "tiny-ddgan", TINY_DDGAN, random_generator(TINY_DDGAN, seed=3).state_dict())
     unet = build_unet("tiny", num_channels=1, seed=4)
@@ -139,22 +139,22 @@ class WrappedSampler:
         return self.inner.sample(seeds, **kwargs)
 
 
-def wrapping_loader(**wrappers: dict[str, Any]) -> tuple[Callable[..., LoadedModel], dict[str, WrappedSampler]]:
+def wrapping_loader(**wrappers: dict[str, Any]) -> tuple[Callable[..., Sampler], dict[str, WrappedSampler]]:
     """A `load_model` for create_app that wraps the samplers named like `ddgan=dict(gate=...)`."""
     made: dict[str, WrappedSampler] = {}
 
-    def load(entry: ModelEntry, **kwargs: Any) -> LoadedModel:
-        loaded = load_entry(entry, **kwargs)
+    def load(entry: ModelEntry, **kwargs: Any) -> Any:
+        sampler = load_entry(entry, **kwargs)
         if entry.sampler in wrappers:
-            wrapped = WrappedSampler(loaded.sampler, **wrappers[entry.sampler])
+            wrapped = WrappedSampler(sampler, **wrappers[entry.sampler])
             made[entry.sampler] = wrapped
-            return LoadedModel(wrapped, loaded.backend, loaded.device, loaded.dtype, loaded.random_weights)
-        return loaded
+            return wrapped
+        return sampler
 
     return load, made
 
 
-def make_app(registry: Path, load_model: Callable[..., LoadedModel] | None = None, **settings: Any) -> FastAPI:
+def make_app(registry: Path, load_model: Callable[..., Sampler] | None = None, **settings: Any) -> FastAPI:
     config = ServerSettings(registry=registry, png_workers=2, **settings)
     return create_app(config, registry=load_registry(registry), load_model=load_model)
 
@@ -163,7 +163,7 @@ def make_app(registry: Path, load_model: Callable[..., LoadedModel] | None = Non
 async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan, wait for its models, and give an httpx client on the ASGI app."""
     async with app.router.lifespan_context(app):
-        await app.state.runtime.wait_loaded(120)
+        await app.state.engine.wait_loaded(120)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client

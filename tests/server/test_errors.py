@@ -29,7 +29,7 @@ BAD_REQUESTS = [
     ("dataset as number", {"json": {"dataset": 5}}, 422, "invalid_request", "body.dataset"),
     ("unknown field", {"json": {**MNIST, "colour": "red"}}, 422, "invalid_request", "body.colour"),
     ("unknown sampler", {"json": {**MNIST, "sampler": "gan"}}, 422, "invalid_request", "body.sampler"),
-    ("steps for ddgan", {"json": {**MNIST, "steps": 3}}, 422, "invalid_request", "ddpm"),
+    ("steps for ddgan", {"json": {**MNIST, "steps": 3}}, 422, "invalid_request", "always runs its 2 steps"),
     ("ddpm steps beyond training", {"json": {**MNIST, "sampler": "ddpm", "steps": 51}}, 422, "invalid_request", "50"),
     ("zero timeout", {"json": {**MNIST, "timeout_s": 0}}, 422, "invalid_request", "body.timeout_s"),
     ("unknown dataset", {"json": {"dataset": "imagenet"}}, 404, "unknown_model", "mnist/ddgan"),
@@ -189,7 +189,7 @@ def test_settings_errors_name_the_field(monkeypatch):
 
 
 async def test_an_unexpected_error_is_a_500_in_the_error_shape(client, monkeypatch):
-    runtime = client._transport.app.state.runtime  # type: ignore[attr-defined]
+    runtime = client._transport.app.state.engine  # type: ignore[attr-defined]
 
     def broken_lookup(dataset: str, sampler: str) -> None:
         raise RuntimeError("a bug")

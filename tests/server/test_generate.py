@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from ddgan.model.images import to_uint8
-from ddgan.model.sampler import load_ddgan_sampler
+from ddgan.model.sampler import open_sampler
 from tests.server.conftest import DDPM_DEFAULT_STEPS, make_app
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -52,7 +52,7 @@ async def test_json_response_has_pngs_seeds_and_latency(client, tiny_models):
     images = json_images(body)
     assert [image.shape for image in images] == [(16, 16)] * 3
     # The served images are exactly the sampler's for those seeds.
-    expected = to_uint8(load_ddgan_sampler(tiny_models / "tiny-ddgan").sample([7, 8, 9]))
+    expected = to_uint8(open_sampler(tiny_models / "tiny-ddgan").sample([7, 8, 9]))
     np.testing.assert_array_equal(np.stack(images), expected[..., 0])
     assert set(body["latency_ms"]) == {"queue", "inference", "png_encode", "total"}
     assert body["latency_ms"]["total"] >= body["latency_ms"]["inference"] > 0

@@ -112,7 +112,7 @@ async def test_graceful_shutdown_finishes_in_flight_work_and_refuses_new(tiny_mo
     async with serving(app) as client:
         in_flight = post(client, n=2, seed=GATED)
         await asyncio.to_thread(gate.wait_entered)
-        stopping = asyncio.create_task(app.state.runtime.stop())
+        stopping = asyncio.create_task(app.state.engine.stop())
         await asyncio.sleep(0.05)
         refused = await client.post("/generate", json={"dataset": "mnist"})
         assert refused.status_code == 503 and error_of(refused)["type"] == "shutting_down"

@@ -10,6 +10,7 @@ import pkgutil
 import pytest
 
 from ddgan.model.config import ConfigError, DictConfig, DiffusionConfig, GeneratorConfig, ModelConfig, get_preset
+from ddgan.model.ddpm_io import DDPMConfig
 from ddgan.training.classifier import ClassifierTrainConfig
 from ddgan.training.ddpm_config import DDPMTrainConfig, preset_config
 from ddgan.training.mode_coverage import FrechetReport, ModeReport
@@ -21,6 +22,7 @@ EXAMPLES: list[DictConfig] = [
     GeneratorConfig(num_channels=1, ch_mult=(1, 2), attn_resolutions=(), image_size=16, dropout=0.1),
     DiffusionConfig(num_timesteps=2, beta_max=10.0),
     get_preset("mnist").replace(trained_on="run 7"),
+    DDPMConfig(num_channels=3, image_size=16, num_train_timesteps=1000, default_steps=50, dataset="cifar10"),
     DiscriminatorConfig(kind="large", ngf=8, conditional=False, dense_heads=True),
     LoopConfig(max_steps=5, checkpoint_minutes=2.5, sample_every=0),
     recipe_for("mnist", "siddm").replace(max_steps=None, num_epochs=3, hflip=True),

@@ -11,7 +11,8 @@ import torch
 
 import ddgan.cli
 from ddgan.model.config import ConfigError
-from ddgan.model.ddpm import load_ddpm_sampler
+from ddgan.model.ddpm import DDPMSampler
+from ddgan.model.sampler import open_sampler
 from ddgan.training.datasets import ArrayImageDataset
 from ddgan.training.ddpm_config import DDPMTrainConfig, preset_config
 from ddgan.training.ddpm_trainer import DDPMTrainer
@@ -97,8 +98,10 @@ def test_exported_model_loads_in_the_server_sampler(tmp_path: Path) -> None:
     trainer.train_step(next(trainer.stream.batches(0)))
     model_dir = trainer.export(tmp_path / "model", "test")
     assert (model_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    sampler = load_ddpm_sampler(model_dir)
-    assert sampler.image_shape == (1, 8, 8) and sampler.steps == 1000 and sampler.config.dataset == "digits"
+    sampler = open_sampler(model_dir)
+    assert isinstance(sampler, DDPMSampler)
+    info = sampler.info
+    assert info.image_shape == (1, 8, 8) and info.default_steps == 1000 and info.dataset == "digits"
     scheduler = sampler.scheduler(1000)
     torch.testing.assert_close(scheduler.betas[[0, -1]], torch.tensor([1e-4, 0.02]))  # DDPM's linear β
     images = sampler.sample([3, 4], steps=3)
@@ -136,7 +139,7 @@ def test_cli_trains_resumes_without_data_and_refuses_bad_input(tmp_path: Path, c
     assert json.loads((out / "run.json").read_text())["data"] == str((tmp_path / "d.npz").resolve())
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 2
     assert (out / "samples" / "final_2steps.png").is_file()
-    assert load_ddpm_sampler(out / "model").image_shape == (1, 8, 8)
+    assert open_sampler(out / "model").info.image_shape == (1, 8, 8)
 
     with pytest.raises(SystemExit, match="already holds a run"):
         _train_ddpm("--data", str(tmp_path / "d.npz"), *fast)

@@ -1,19 +1,25 @@
-"""torch chain runners beyond plain eager: CUDA-graph replay and `torch.compile`.
+"""The torch backends of the DDGAN chain: eager, CUDA-graph replay and `torch.compile`.
 
-CUDA graphs remove the per-kernel launch cost of the T-step chain (hundreds of small kernels per step at
+They need nothing but torch, so they live beside the model and are registered by the factory itself. CUDA graphs
+remove the per-kernel launch cost of the T-step chain (hundreds of small kernels per step at
 batch 1). A graph is captured per batch size on first use, into one shared memory pool, and replayed with the
 new inputs copied into its static buffers; the least recently used graphs are dropped beyond `max_graphs`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import shutil
 import threading
 from collections import OrderedDict
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ddgan.model.chain import BackendSpec, CastingChain, ChainRequest, RunChain
+from ddgan.model.diffusion import SamplingChain
 
 logger = logging.getLogger(__name__)
 
@@ -73,3 +79,58 @@ class CompiledChain:
             torch.compiler.cudagraph_mark_step_begin()  # each call is a new inference step: outputs may be reused
             return self.compiled(x_T, z, noise).clone()
         return self.compiled(x_T, z, noise)
+
+
+def eager_chain(request: ChainRequest) -> CastingChain:
+    """The chain as a torch module in the requested dtype on the requested device."""
+    chain = SamplingChain(request.load_generator(), request.config.diffusion)
+    return CastingChain(chain, request.dtype).to(device=request.device, dtype=request.dtype).eval()
+
+
+def _build_eager(request: ChainRequest) -> RunChain:
+    return eager_chain(request)
+
+
+def _build_cuda_graphs(request: ChainRequest) -> RunChain:
+    return CudaGraphChain(eager_chain(request), request.device)
+
+
+def _build_compiled(request: ChainRequest) -> RunChain:
+    return CompiledChain(eager_chain(request), request.device, request.options.get("compile_mode"))
+
+
+def _needs_cuda(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return "CUDA graphs need a CUDA device"
+    return None if torch.cuda.is_available() else "CUDA is not available in this process"
+
+
+def _compile_unavailable(device: torch.device) -> str | None:
+    if device.type == "cuda":
+        return None if importlib.util.find_spec("triton") else "torch.compile on CUDA needs triton"
+    if not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
+        return "torch.compile on the CPU needs a C++ compiler (g++)"
+    return None
+
+
+TORCH_DTYPE_NAMES = ("float32", "float16", "bfloat16")
+TORCH_BACKENDS = (
+    BackendSpec("torch", _build_eager, "PyTorch eager (any device)", dtypes=TORCH_DTYPE_NAMES, random_weights=True),
+    BackendSpec(
+        "cuda-graphs",
+        _build_cuda_graphs,
+        "PyTorch eager replayed from one captured CUDA graph per batch size",
+        dtypes=TORCH_DTYPE_NAMES,
+        random_weights=True,
+        unavailable=_needs_cuda,
+    ),
+    BackendSpec(
+        "torch-compile",
+        _build_compiled,
+        "torch.compile (inductor); on CUDA mode reduce-overhead, which also uses CUDA graphs",
+        dtypes=TORCH_DTYPE_NAMES,
+        options=("compile_mode",),
+        random_weights=True,
+        unavailable=_compile_unavailable,
+    ),
+)
