@@ -153,10 +153,10 @@ class Trainer(LoopTrainer):
     # ------------------------------------------------------------------ outputs
 
     @torch.no_grad()
-    def sample_images(self, count: int | None = None, seed: int | None = None) -> Tensor:
-        """EMA samples for the fixed seeds seed..seed+count-1 (the server's seed convention), (B,C,H,W) in [-1,1]."""
+    def sample_images(self) -> Tensor:
+        """EMA samples for the fixed seeds sample_seed + i (the server's seed convention), (B,C,H,W) in [-1,1]."""
         c = self.config
-        seeds = image_seeds(c.sample_seed if seed is None else seed, count or c.sample_count)
+        seeds = image_seeds(c.sample_seed, c.sample_count)
         noise = chain_noise(seeds, self.image_shape, c.model.generator.nz, c.model.diffusion.num_timesteps)
         chain = SamplingChain(self.ema, c.model.diffusion)
         return chain(*noise.to(self.device)).float().cpu()
