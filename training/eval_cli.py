@@ -258,7 +258,12 @@ def _add_toy(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--max-steps", "--iterations", type=positive_int, dest="iterations", help="training steps (default 20000)"
+        "--max-steps",
+        "--iterations",
+        type=positive_int,
+        dest="iterations",
+        metavar="STEPS",
+        help="training steps (default 20000)",
     )
     p.add_argument("--batch-size", type=positive_int, help="points per step (default 256)")
     p.add_argument("--hidden", type=positive_int, help="MLP width (default 128)")
