@@ -14,12 +14,15 @@ Written from the facts in ddgan-spec §2.3 and §3, not from the official code. 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddgan.model.ncsnpp import (
+    NIN,
     AdaptiveGroupNorm,
     AttnBlock,
     NCSNpp,
@@ -71,7 +74,7 @@ def conv_downsample_2d(x: Tensor, weight: Tensor, kernel: Tensor, factor: int = 
     return F.conv2d(blurred, weight, stride=factor)
 
 
-def nin(layer: nn.Module, x: Tensor) -> Tensor:
+def nin(layer: NIN, x: Tensor) -> Tensor:
     """Per-pixel linear layer: y_BHWC = x_BHWC @ W + b."""
     y = torch.einsum("bhwc,co->bhwo", x.permute(0, 2, 3, 1), layer.W) + layer.b
     return y.permute(0, 3, 1, 2)
@@ -122,7 +125,7 @@ class OfficialStyleGenerator(nn.Module):
     def forward(self, x: Tensor, t: Tensor, z: Tensor) -> Tensor:
         g = self.generator
         cfg = g.config
-        modules = iter(g.all_modules)
+        modules: Iterator[Any] = iter(g.all_modules)  # the official module order; each one's kind is known here
         kernel = fir_kernel(cfg.fir_kernel).to(x)
         levels = len(cfg.ch_mult)
 

@@ -123,7 +123,9 @@ def bench_preset(
     flops_step, flops_chain = count_flops(config, batch)
     sampler = open_sampler(preset=name, random_weights=True, device=str(device))
     assert isinstance(sampler, DDGANSampler) and isinstance(sampler.run_chain, CastingChain)
-    generator = sampler.run_chain.chain.generator  # CastingChain -> SamplingChain -> NCSNpp
+    chain = sampler.run_chain.chain  # CastingChain -> SamplingChain -> NCSNpp
+    assert isinstance(chain, SamplingChain) and isinstance(chain.generator, NCSNpp)
+    generator = chain.generator
     noise = sampler.noise(image_seeds(0, batch))
     steps = config.diffusion.num_timesteps
     x = noise.x_T.to(device)

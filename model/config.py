@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from argparse import Namespace
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 # Network precisions by the names the CLI, the registry, the API and the metrics use.
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
@@ -22,8 +24,90 @@ class ConfigError(ValueError):
     """A configuration value is missing, malformed or unsupported."""
 
 
+class DictConfig:
+    """The one serialisation of every config and metadata dataclass: JSON-ready dicts and back, validated.
+
+    `to_dict` turns nested dataclasses into dicts and tuples into lists; `from_dict` rebuilds them from the
+    field types (nested dataclasses, tuples, `X | None`, int / float / bool / str checked), fills absent fields
+    with their defaults and reports unknown fields, wrong types and failed validation as `ConfigError`.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        return _from_plain(cls, data, cls.__name__)
+
+    @classmethod
+    def from_json(cls, text: str) -> Self:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{cls.__name__}: not valid JSON ({exc})") from exc
+        return cls.from_dict(data)
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _to_plain(item) for key, item in value.items()}
+    return value
+
+
+def _from_plain(kind: Any, data: Any, where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected an object, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(kind) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown {kind.__name__} fields: {unknown}")
+    hints = typing.get_type_hints(kind)
+    values = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    try:
+        return kind(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # a missing required field, or a check in __post_init__
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [arg for arg in args if arg is not type(None)]  # configs use `X | None` only
+        return _convert(hint, value, where)
+    if dataclasses.is_dataclass(hint):
+        return _from_plain(hint, value, where)
+    if origin is tuple or origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(args) != len(value):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
+            pairs = enumerate(zip(args, value, strict=True))
+            return tuple(_convert(arg, item, f"{where}[{i}]") for i, (arg, item) in pairs)
+        items = [_convert(args[0] if args else Any, item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, bool, str) and (type(value) is not hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(DictConfig):
     """NCSN++ generator with AdaGN latent conditioning (official defaults unless stated)."""
 
     num_channels: int = 3
@@ -59,7 +143,7 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(DictConfig):
     """Discretised VP schedule of DDGAN (spec §4): T steps on τ ∈ [1e-3, 1]."""
 
     num_timesteps: int = 4
@@ -74,7 +158,7 @@ class DiffusionConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(DictConfig):
     """Everything needed to rebuild a DDGAN sampler: preset name, architecture, schedule, provenance."""
 
     preset: str
@@ -90,35 +174,6 @@ class ModelConfig:
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
-        try:
-            generator = _build(GeneratorConfig, data.get("generator", {}))
-            diffusion = _build(DiffusionConfig, data.get("diffusion", {}))
-            rest = {k: v for k, v in data.items() if k not in ("generator", "diffusion")}
-            return cls(generator=generator, diffusion=diffusion, **rest)
-        except TypeError as exc:
-            raise ConfigError(f"invalid model config: {exc}") from exc
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        return cls.from_dict(json.loads(text))
-
-
-def _build(kind: type, values: Mapping[str, Any]) -> Any:
-    known = {f.name for f in dataclasses.fields(kind)}
-    unknown = set(values) - known
-    if unknown:
-        raise ConfigError(f"unknown {kind.__name__} fields: {sorted(unknown)}")
-    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return kind(**converted)
 
 
 _CELEBA_LSUN = GeneratorConfig(

@@ -9,7 +9,6 @@ tensors. The sampler itself is `ddgan.model.ddpm.DDPMSampler`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor
 
 from ddgan.model.checkpoint import CheckpointError, atomic_write_bytes, file_sha256, make_readable
+from ddgan.model.config import DictConfig
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ _UNET_COMMON: dict[str, Any] = {
 
 
 @dataclass(frozen=True)
-class DDPMConfig:
+class DDPMConfig(DictConfig):
     """What a DDPM model directory is: provenance from `ddpm.json` plus the shape facts of its UNet/scheduler."""
 
     num_channels: int
@@ -87,9 +87,6 @@ class DDPMConfig:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (self.num_channels, self.image_size, self.image_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ddgan.training.data import DataError
+from ddgan.training.datasets import DataError
 
 BATCHES_FOLDER = "cifar-10-batches-py"
 

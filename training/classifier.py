@@ -8,12 +8,11 @@ to 28×28, other sizes are resized.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from ddgan.model.checkpoint import atomic_write_bytes
+from ddgan.model.checkpoint import atomic_write_bytes, file_sha256
+from ddgan.model.config import ConfigError, DictConfig
+from ddgan.model.images import uint8_to_float
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +74,17 @@ def fit_input(images: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class ClassifierTrainConfig:
+class ClassifierTrainConfig(DictConfig):
     epochs: int = 4
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 1e-4
     max_shift: int = 2  # random translation augmentation, pixels
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.epochs, self.batch_size) < 1 or self.lr <= 0 or self.max_shift < 0:
+            raise ConfigError("the classifier needs epochs, batch_size >= 1, lr > 0 and max_shift >= 0")
 
 
 def load_mnist_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -100,7 +105,7 @@ def load_mnist_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 def to_input(images_uint8: np.ndarray) -> Tensor:
     """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32 in [-1, 1]."""
-    return torch.from_numpy(images_uint8).float().div(127.5).sub(1.0).unsqueeze(1)
+    return uint8_to_float(images_uint8).unsqueeze(1)
 
 
 def _shift(batch: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
@@ -121,8 +126,12 @@ def accuracy(model: MnistClassifier, images: Tensor, labels: Tensor, batch_size:
     return correct / len(images)
 
 
-def train_classifier(data_path: str | Path, config: ClassifierTrainConfig) -> tuple[MnistClassifier, dict]:
+def train_classifier(
+    data_path: str | Path, config: ClassifierTrainConfig, progress: bool = False
+) -> tuple[MnistClassifier, dict]:
     """Train on the 60k training digits; returns the model and its metadata (test accuracy included)."""
+    from tqdm import tqdm
+
     x_train, y_train, x_test, y_test = load_mnist_npz(data_path)
     images, labels = to_input(x_train), torch.from_numpy(y_train)
     test_images, test_labels = to_input(x_test), torch.from_numpy(y_test)
@@ -135,6 +144,7 @@ def train_classifier(data_path: str | Path, config: ClassifierTrainConfig) -> tu
     )
     generator = torch.Generator().manual_seed(config.seed)
     start = time.time()
+    bar = tqdm(total=config.epochs * steps_per_epoch, disable=not progress, unit="step", dynamic_ncols=True)
     for epoch in range(config.epochs):
         model.train()
         order = torch.randperm(len(images), generator=generator)
@@ -146,6 +156,7 @@ def train_classifier(data_path: str | Path, config: ClassifierTrainConfig) -> tu
             loss.backward()
             optimizer.step()
             scheduler.step()
+            bar.update(1)
         logger.info(
             "epoch %d/%d: loss %.4f, test accuracy %.4f",
             epoch + 1,
@@ -153,14 +164,15 @@ def train_classifier(data_path: str | Path, config: ClassifierTrainConfig) -> tu
             loss.item(),
             accuracy(model, test_images, test_labels),
         )
+    bar.close()
     metadata = {
         "format": FORMAT_NAME,
         "input_size": INPUT_SIZE,
         "feature_dim": MnistClassifier.feature_dim,
         "test_accuracy": accuracy(model, test_images, test_labels),
         "train_seconds": round(time.time() - start, 1),
-        "train_config": asdict(config),
-        "data_sha256": hashlib.sha256(Path(data_path).read_bytes()).hexdigest(),
+        "train_config": config.to_dict(),
+        "data_sha256": file_sha256(data_path),
     }
     return model.eval(), metadata
 

@@ -1,14 +1,14 @@
-"""Training data: every supported format as a Dataset of (C, H, W) float32 images in [-1, 1].
+"""Training data: open any supported source as a Dataset (`training.datasets`), and the deterministic batch stream.
 
-Images stay uint8 (in memory or on disk) and become float only per item or per batch, as the official
-`ToTensor() + Normalize(0.5, 0.5)` would give them (x / 127.5 - 1). Every check on the source (path, format,
-shapes) runs in `build_dataset`, before any training work starts.
+Every check on the source (path, format, shapes) runs in `build_dataset`, before any training work starts.
+`BatchStream` makes the data order and the horizontal flips a function of (seed, epoch, rank), so a resumed run
+sees the batches an uninterrupted one sees.
 
 Formats (ddgan-spec.md §5 "Data"):
 - `mnist`: a Keras-layout `.npz` (`x_train`/`x_test` uint8, (N, H, W) or (N, H, W, C)); 28 → 32 is a zero
   pad of 2 (the official `Pad(2)`, i.e. -1 after normalisation), other sizes are resized and center-cropped.
 - `stacked_mnist`: three random MNIST digits as the R, G, B channels, 2× the MNIST set, labels in 0..999.
-- `image_folder`: any tree of PNG/JPEG files, resized (shorter side) and center-cropped, decoded lazily.
+- `image_folder`: any tree of PNG/JPEG/BMP/WebP files, resized (shorter side) and center-cropped, decoded lazily.
 - `cifar10`: the CIFAR-10 python batches (`data_batch_1..5`, `test_batch`), unpickled with numpy-only globals.
 - `lmdb`: the NVAE-format LMDB the official CelebA-HQ recipe uses (optional extra `lmdb`).
 """
@@ -17,179 +17,28 @@ from __future__ import annotations
 
 import logging
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ddgan.model.images import uint8_to_float
+from ddgan.training.cifar_data import load_cifar10
+from ddgan.training.datasets import (
+    ArrayImageDataset,
+    DataError,
+    ImageDataset,
+    ImageFolderDataset,
+    StackedMNIST,
+    fit_array,
+)
+from ddgan.training.lmdb_data import LMDBImageDataset
+from ddgan.training.train_config import DATASET_KINDS
+
 logger = logging.getLogger(__name__)
-
-DATASET_KINDS = ("auto", "mnist", "stacked_mnist", "image_folder", "cifar10", "lmdb")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-
-
-class DataError(ValueError):
-    """The training data is missing, in an unknown format, or does not fit the requested image shape."""
-
-
-def uint8_to_float(images: Tensor) -> Tensor:
-    """uint8 in [0, 255] -> float32 in [-1, 1] (ToTensor + Normalize((0.5,), (0.5,)))."""
-    return images.to(torch.float32).div_(127.5).sub_(1.0)
-
-
-class ImageDataset(Dataset[Tensor]):
-    """Base class: subclasses return uint8 batches; items are converted to float (and flipped) on access.
-
-    `in_memory` tells `BatchStream` it can gather batches by indexing in the main process (no workers needed).
-    """
-
-    in_memory = False
-
-    def __init__(self, image_shape: tuple[int, int, int], hflip: bool) -> None:
-        self.image_shape = image_shape
-        self.hflip = hflip
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def uint8_batch(self, indices: Sequence[int] | Tensor) -> Tensor:
-        """(B, C, H, W) uint8 images for the given indices (no flip)."""
-        raise NotImplementedError
-
-    def __getitem__(self, index: int) -> Tensor:
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} images")
-        image = uint8_to_float(self.uint8_batch([index])[0])
-        if self.hflip and bool(torch.rand(()) < 0.5):
-            image = image.flip(-1)
-        return image
-
-
-class ArrayImageDataset(ImageDataset):
-    """Images held in memory as one uint8 tensor (N, C, H, W)."""
-
-    in_memory = True
-
-    def __init__(self, images: Tensor, hflip: bool = False, labels: Tensor | None = None) -> None:
-        super().__init__(tuple(images.shape[1:]), hflip)  # type: ignore[arg-type]
-        self.images = images
-        self.labels = labels
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def uint8_batch(self, indices: Sequence[int] | Tensor) -> Tensor:
-        return self.images[torch.as_tensor(indices, dtype=torch.long)]
-
-
-class StackedMNIST(ImageDataset):
-    """Stacked MNIST: each sample puts three MNIST digits into its R, G, B channels.
-
-    As the official dataset: the set is twice the MNIST set; channel k's digit order is the concatenation of two
-    random permutations of MNIST, drawn once from a fixed seed. The label of a sample is
-    100·digit_R + 10·digit_G + digit_B (1000 modes). Only the (padded) 1-channel digits are stored.
-    """
-
-    in_memory = True
-
-    def __init__(self, digits: Tensor, digit_labels: Tensor, *, seed: int = 0, hflip: bool = False) -> None:
-        if digits.ndim != 4 or digits.shape[1] != 1:
-            raise DataError(f"stacked_mnist needs 1-channel digits (N, 1, H, W), got {tuple(digits.shape)}")
-        super().__init__((3, digits.shape[2], digits.shape[3]), hflip)
-        rng = np.random.default_rng(seed)
-        count = digits.shape[0]
-        order = np.stack([np.concatenate([rng.permutation(count), rng.permutation(count)]) for _ in range(3)], 1)
-        self.digits = digits
-        self.digit_indices = torch.from_numpy(order)  # (2N, 3): MNIST index of the R, G, B digit
-        stacked = digit_labels.to(torch.long)[self.digit_indices]
-        self.labels = stacked[:, 0] * 100 + stacked[:, 1] * 10 + stacked[:, 2]
-
-    def __len__(self) -> int:
-        return self.digit_indices.shape[0]
-
-    def uint8_batch(self, indices: Sequence[int] | Tensor) -> Tensor:
-        picked = self.digit_indices[torch.as_tensor(indices, dtype=torch.long)]  # (B, 3)
-        batch = self.digits[picked]  # (B, 3, 1, H, W)
-        return batch.reshape(batch.shape[0], 3, *batch.shape[3:])
-
-
-class ImageFolderDataset(ImageDataset):
-    """Every PNG/JPEG under a folder (recursively, sorted by path), decoded and resized per item."""
-
-    def __init__(self, root: Path, image_size: int, channels: int, hflip: bool = False) -> None:
-        super().__init__((channels, image_size, image_size), hflip)
-        self.files = sorted(
-            path for path in root.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-        )
-        if not self.files:
-            raise DataError(f"{root}: no image files ({', '.join(IMAGE_EXTENSIONS)}) found in this folder tree")
-        self.image_size = image_size
-        self.channels = channels
-        self._load(0)  # fail now, not in a DataLoader worker, if the files are not images
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def _load(self, index: int) -> np.ndarray:
-        path = self.files[index]
-        try:
-            with Image.open(path) as image:
-                return pil_to_array(image, self.image_size, self.channels)
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DataError(f"{path}: cannot be read as an image ({exc})") from exc
-
-    def uint8_batch(self, indices: Sequence[int] | Tensor) -> Tensor:
-        arrays = [self._load(int(index)) for index in indices]
-        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def pil_to_array(image: Image.Image, image_size: int, channels: int) -> np.ndarray:
-    """Convert to L/RGB, resize the shorter side to `image_size` (bilinear), center-crop: (H, W, C) uint8."""
-    image = image.convert("RGB")
-    if channels == 1:
-        image = image.convert("L")
-    width, height = image.size
-    if (width, height) != (image_size, image_size):
-        scale = image_size / min(width, height)
-        size = (max(image_size, round(width * scale)), max(image_size, round(height * scale)))
-        image = image.resize(size, Image.Resampling.BILINEAR)
-        left = round((size[0] - image_size) / 2)
-        top = round((size[1] - image_size) / 2)
-        image = image.crop((left, top, left + image_size, top + image_size))
-    array = np.asarray(image, dtype=np.uint8)
-    return array[:, :, None] if array.ndim == 2 else array
-
-
-def fit_array(images: np.ndarray, image_size: int, channels: int) -> Tensor:
-    """(N, H, W, C) uint8 -> (N, channels, image_size, image_size) uint8 tensor.
-
-    Channels: gray is repeated to RGB; RGB becomes gray with PIL's ITU-R 601-2 luma. Size: a square image smaller
-    by an even margin is zero-padded (the official MNIST `Pad(2)`), anything else is resized and center-cropped.
-    """
-    height, width, in_channels = images.shape[1:]
-    if in_channels == 1 and channels == 3:
-        images = np.repeat(images, 3, axis=3)
-    elif in_channels == 3 and channels == 1:
-        luma = images.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        images = np.clip(np.rint(luma), 0, 255).astype(np.uint8)[..., None]
-    if height == width == image_size:
-        fitted = images
-    elif height == width and image_size > height and (image_size - height) % 2 == 0:
-        margin = (image_size - height) // 2
-        fitted = np.pad(images, ((0, 0), (margin, margin), (margin, margin), (0, 0)))
-    else:
-        mode = "L" if channels == 1 else "RGB"
-        fitted = np.stack(
-            [
-                pil_to_array(Image.fromarray(image.squeeze(-1) if channels == 1 else image, mode), image_size, channels)
-                for image in images
-            ]
-        )
-    return torch.from_numpy(np.ascontiguousarray(fitted)).permute(0, 3, 1, 2).contiguous()
 
 
 def load_npz(path: Path, train: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -242,7 +91,6 @@ def build_dataset(
     *,
     dataset: str = "auto",
     train: bool = True,
-    hflip: bool = False,
     seed: int = 0,
 ) -> ImageDataset:
     """Open `source` as a Dataset of (channels, image_size, image_size) float32 images in [-1, 1].
@@ -267,25 +115,21 @@ def build_dataset(
         images, labels = load_npz(path, train)
         if kind == "mnist":
             label_tensor = None if labels is None else torch.from_numpy(labels.astype(np.int64))
-            return ArrayImageDataset(fit_array(images, image_size, channels), hflip, label_tensor)
+            return ArrayImageDataset(fit_array(images, image_size, channels), label_tensor)
         if channels != 3:
             raise DataError(f"stacked_mnist images have 3 channels, got channels={channels}")
         if images.shape[3] != 1 or labels is None:
             raise DataError(f"{path}: stacked_mnist needs gray digits (N, H, W) and their labels y_*")
         digits = fit_array(images, image_size, 1)
-        return StackedMNIST(digits, torch.from_numpy(labels.astype(np.int64)), seed=seed, hflip=hflip)
+        return StackedMNIST(digits, torch.from_numpy(labels.astype(np.int64)), seed=seed)
     if kind == "image_folder":
         if not path.is_dir():
             raise DataError(f"{path}: dataset 'image_folder' needs a folder")
-        return ImageFolderDataset(path, image_size, channels, hflip)
+        return ImageFolderDataset(path, image_size, channels)
     if kind == "cifar10":
-        from ddgan.training.cifar_data import load_cifar10
-
         images, labels = load_cifar10(path, train)
-        return ArrayImageDataset(fit_array(images, image_size, channels), hflip, torch.from_numpy(labels))
-    from ddgan.training.lmdb_data import LMDBImageDataset
-
-    return LMDBImageDataset(path, image_size, channels, train=train, hflip=hflip)
+        return ArrayImageDataset(fit_array(images, image_size, channels), torch.from_numpy(labels))
+    return LMDBImageDataset(path, image_size, channels, train=train)
 
 
 class _EpochBatches(Dataset[Tensor]):
@@ -305,9 +149,10 @@ class _EpochBatches(Dataset[Tensor]):
 class BatchStream:
     """Endless, deterministic and resumable stream of float batches (B, C, H, W) in [-1, 1].
 
-    Epoch e's order (and its horizontal flips when `dataset.hflip`) comes from a generator seeded with
-    (seed, e), so a run resumed at step k sees exactly the batches an uninterrupted run sees from step k on,
-    without saving any loader state. With `world_size` > 1 each rank takes disjoint batches of every epoch,
+    Epoch e's order and, with `hflip`, which images of it are mirrored come from one generator seeded with
+    (seed, e): a batch's images and flips are a function of (seed, rank, step, position in the batch), so a run
+    resumed at step k sees exactly the batches an uninterrupted run sees from step k on, without saving any
+    loader state. With `world_size` > 1 each rank takes disjoint batches of every epoch,
     like `DistributedSampler(drop_last=True)`. In-memory datasets are gathered by indexing in this process;
     others are decoded by `num_workers` DataLoader workers, one uint8 batch per item.
     """
@@ -321,6 +166,7 @@ class BatchStream:
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 0,
+        hflip: bool = False,
     ) -> None:
         if batch_size < 1 or not 0 <= rank < world_size:
             raise DataError(f"bad batch layout: batch_size={batch_size}, rank={rank}, world_size={world_size}")
@@ -336,6 +182,7 @@ class BatchStream:
         self.rank = rank
         self.world_size = world_size
         self.num_workers = num_workers
+        self.hflip = hflip
 
     def epoch_plan(self, epoch: int) -> tuple[Tensor, Tensor]:
         """This rank's (steps_per_epoch, batch_size) image indices and horizontal-flip mask for `epoch`."""
@@ -347,23 +194,23 @@ class BatchStream:
         flips = torch.rand(shape, generator=generator) < 0.5
         return order[:, self.rank].contiguous(), flips[:, self.rank].contiguous()
 
-    def batches(self, start_step: int = 0):
+    def batches(self, start_step: int = 0) -> Iterator[Tensor]:
         """Yield batches forever, beginning with the batch of global step `start_step`."""
         epoch, offset = divmod(start_step, self.steps_per_epoch)
         while True:
             order, flips = self.epoch_plan(epoch)
             for step_in_epoch, uint8 in enumerate(self._uint8_batches(order[offset:]), start=offset):
                 images = uint8_to_float(uint8)
-                if self.dataset.hflip:
+                if self.hflip:
                     flip = flips[step_in_epoch].view(-1, 1, 1, 1)
                     images = torch.where(flip, images.flip(-1), images)
                 yield images
             epoch, offset = epoch + 1, 0
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Tensor]:
         return self.batches(0)
 
-    def _uint8_batches(self, order: Tensor):
+    def _uint8_batches(self, order: Tensor) -> Iterator[Tensor]:
         if self.dataset.in_memory or self.num_workers == 0:
             return (self.dataset.uint8_batch(indices) for indices in order)
         loader = torch.utils.data.DataLoader(

@@ -12,43 +12,15 @@ input resolution in the first block and then halves three times (32 → 4), ``la
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddgan.model.config import ConfigError
 from ddgan.model.ncsnpp import conv2d, dense, fir_downsample, fir_kernel_2d, fir_upsample, timestep_embedding
+from ddgan.training.train_config import DiscriminatorConfig
 
 _FIR_TAPS = (1, 3, 3, 1)
-
-
-@dataclass(frozen=True)
-class DiscriminatorConfig:
-    """Architecture of the discriminator (``kind`` small/large as the official code, ``ngf`` its width)."""
-
-    kind: str = "small"
-    ngf: int = 64
-    t_emb_dim: int = 256
-    conditional: bool = True  # DDGAN: condition on x_{t+1}; SIDDM's marginal discriminator: False
-    dense_heads: bool = False  # SIDDM: decoder with the denoising (x_0) and AFD (x_{t+1}) output maps
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("small", "large"):
-            raise ConfigError(f"discriminator kind must be 'small' or 'large', got {self.kind!r}")
-        if self.ngf < 1 or self.t_emb_dim < 2 or self.t_emb_dim % 2:
-            raise ConfigError("discriminator ngf must be >= 1 and t_emb_dim a positive even number")
-
-    def channel_plan(self) -> list[tuple[int, int, bool]]:
-        """(in, out, downsample) per DownConvBlock, after the 1x1 start conv to 2·ngf channels."""
-        n = self.ngf
-        if self.kind == "small":
-            return [(2 * n, 2 * n, False), (2 * n, 4 * n, True), (4 * n, 8 * n, True), (8 * n, 8 * n, True)]
-        return [(2 * n, 4 * n, True), (4 * n, 8 * n, True)] + [(8 * n, 8 * n, True)] * 4
-
-    def min_image_size(self) -> int:
-        return 4 * 2 ** sum(down for _, _, down in self.channel_plan())
 
 
 class TimestepEmbedding(nn.Module):
@@ -66,6 +38,9 @@ class TimestepEmbedding(nn.Module):
 
 class DownConvBlock(nn.Module):
     """act → conv3x3 (+ dense(t_emb)) → act → [FIR ↓] → conv3x3 (zero init); skip 1x1; sum / √2."""
+
+    fir_in: Tensor
+    fir_out: Tensor
 
     def __init__(self, in_ch: int, out_ch: int, t_emb_dim: int, downsample: bool) -> None:
         super().__init__()
@@ -88,6 +63,8 @@ class DownConvBlock(nn.Module):
 
 class UpConvBlock(nn.Module):
     """Decoder block of the SIDDM dense heads: FIR ↑, concat the encoder skip, two time-conditioned convs."""
+
+    fir: Tensor
 
     def __init__(self, in_ch: int, skip_ch: int, out_ch: int, t_emb_dim: int, upsample: bool) -> None:
         super().__init__()
@@ -136,6 +113,7 @@ class Discriminator(nn.Module):
     def __init__(self, config: DiscriminatorConfig, image_channels: int) -> None:
         super().__init__()
         self.config = config
+        self.conditional = config.conditional  # what the objectives ask of any discriminator (training.losses)
         self.image_channels = image_channels
         in_ch = image_channels * (2 if config.conditional else 1)
         self.t_embed = TimestepEmbedding(config.t_emb_dim)
@@ -155,7 +133,7 @@ class Discriminator(nn.Module):
             self.dense_out = conv2d(ch, 2 * image_channels, 3)
 
     def forward(self, x_t: Tensor, t: Tensor, x_t_plus_one: Tensor | None = None) -> DiscriminatorOutput:
-        if self.config.conditional:
+        if self.conditional:
             if x_t_plus_one is None:
                 raise ValueError("a conditional discriminator needs x_{t+1}")
             x_t = torch.cat([x_t, x_t_plus_one], dim=1)

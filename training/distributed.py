@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -73,26 +74,25 @@ def average_gradients(module: nn.Module, ctx: DistContext) -> None:
     if not ctx.enabled:
         return
     params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= ctx.world_size
     offset = 0
-    for p in params:
+    for p, g in zip(params, grads, strict=True):
         count = p.numel()
-        p.grad.copy_(flat[offset : offset + count].view_as(p))
+        p.grad = g.copy_(flat[offset : offset + count].view_as(p))
         offset += count
 
 
-def any_rank(flag: bool, ctx: DistContext) -> bool:
-    """True on every rank when `flag` is true on some rank (a signal or a time limit stops all ranks together)."""
+def any_rank(flags: Sequence[bool], ctx: DistContext) -> list[bool]:
+    """Each flag, true on every rank when it is true on some rank (a signal or a time limit stops all ranks
+    together); one all-reduce for all of them."""
     if not ctx.enabled:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=ctx.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item() > 0)
+        return list(flags)
+    values = torch.tensor([1.0 if flag else 0.0 for flag in flags], device=ctx.device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [value > 0 for value in values.tolist()]
 
 
 def mean_over_ranks(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, float]:

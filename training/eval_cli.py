@@ -1,4 +1,7 @@
-"""CLI of the evaluation area: `ddgan eval`, `ddgan train-classifier`, `ddgan toy` (registered by training.cli)."""
+"""CLI of the evaluation area: `ddgan eval`, `ddgan train-classifier`, `ddgan toy` (registered by training.cli).
+
+The parsers import no torch; each command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from ddgan.training.flags import add_common_flags, positive_int, set_threads
 
-from ddgan.model.checkpoint import atomic_write_bytes
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("ddgan.eval")
 
@@ -36,7 +41,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
         required=True,
         help="model directory (DDGAN: config.json + generator.safetensors; DDPM: diffusers unet/ + scheduler/)",
     )
-    p.add_argument("--n", type=int, default=None, help="samples to score (default 10000; 26000 for 3-channel)")
+    p.add_argument("--n", type=positive_int, default=None, help="samples to score (default 10000; 26000 for 3-channel)")
     p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--steps", type=int, default=None, help="DDPM inference steps (default: the model's)")
@@ -52,6 +57,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
         help="with --classifier on MNIST: a PNG grid with one row per digit the classifier assigns (first 10 each)",
     )
     p.add_argument("--save-samples", help="write every sample as PNG into this directory")
+    add_common_flags(p)
     p.set_defaults(handler=run_eval)
 
 
@@ -61,23 +67,25 @@ def _load_sampler(model_dir: str, device: str):
     return open_sampler(model_dir, device=device)
 
 
-def generate(sampler, seeds: list[int], batch_size: int, steps: int | None) -> torch.Tensor:
+def generate(sampler, seeds: list[int], batch_size: int, steps: int | None, progress: bool = False) -> torch.Tensor:
     """Samples for explicit seeds, quantised to uint8 levels exactly as a PNG file stores them, in [-1, 1]."""
-    from ddgan.model.images import to_uint8
+    import torch
+    from tqdm import tqdm
+
+    from ddgan.model.images import to_uint8, uint8_to_float
 
     batches = []
-    start = time.time()
-    for i in range(0, len(seeds), batch_size):
-        chunk = seeds[i : i + batch_size]
-        images = sampler.sample(chunk, steps=steps)
-        batches.append(torch.from_numpy(to_uint8(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0))
-        logger.info(
-            "sampled %d/%d (%.1f images/s)", i + len(chunk), len(seeds), (i + len(chunk)) / (time.time() - start)
-        )
+    with tqdm(total=len(seeds), disable=not progress, unit="image", dynamic_ncols=True) as bar:
+        for i in range(0, len(seeds), batch_size):
+            chunk = seeds[i : i + batch_size]
+            images = sampler.sample(chunk, steps=steps)
+            batches.append(uint8_to_float(to_uint8(images), channels_last=True))
+            bar.update(len(chunk))
     return torch.cat(batches)
 
 
 def _write_pngs(images: torch.Tensor, seeds: list[int], grid: str | None, folder: str | None) -> None:
+    from ddgan.model.checkpoint import atomic_write_bytes
     from ddgan.model.images import encode_png, make_grid, to_uint8
 
     pixels = to_uint8(images)
@@ -104,7 +112,9 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    from ddgan.model.checkpoint import atomic_write_bytes
     from ddgan.model.noise import image_seeds
+    from ddgan.training.mode_coverage import DEFAULT_SAMPLES
 
     if not (args.classifier or args.inception_weights):
         raise SystemExit("ddgan eval: give --classifier (offline MNIST metrics) and/or --inception-weights + --fid-ref")
@@ -112,6 +122,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise SystemExit("ddgan eval: --inception-weights needs --fid-ref (reference images or statistics)")
     if args.fid_ref and not Path(args.fid_ref).exists():
         raise FileNotFoundError(f"--fid-ref {args.fid_ref} does not exist")
+    set_threads(args.threads)
     # load everything that can fail before the (long) sampling
     classifier, real_mnist = None, None
     if args.classifier:
@@ -129,10 +140,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     info = sampler.info
     steps = info.check_steps(args.steps)
     channels = info.image_shape[0]
-    n = args.n or (26_000 if channels == 3 else 10_000)
+    n = args.n or DEFAULT_SAMPLES[channels]
     seeds = image_seeds(args.seed, n)
     start = time.time()
-    images = generate(sampler, seeds, args.batch_size, steps)
+    images = generate(sampler, seeds, args.batch_size, steps, progress=not args.no_progress)
     report: dict = {
         "model": str(args.model),
         "sampler": info.kind,
@@ -142,7 +153,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         "sampling_seconds": round(time.time() - start, 1),
     }
     _write_pngs(images, seeds, args.grid, args.save_samples)
-    text = []
+    text: list[str] = []
     if classifier is not None:
         report["classifier"] = {"path": str(args.classifier), "test_accuracy": classifier_meta.get("test_accuracy")}
         report.update(_offline_metrics(classifier, images, real_mnist, args.seed, text, args.class_grid))
@@ -194,6 +205,9 @@ def _offline_metrics(
 
 
 def _write_class_grid(images: torch.Tensor, table, path: str) -> None:
+    import torch
+
+    from ddgan.model.checkpoint import atomic_write_bytes
     from ddgan.model.images import encode_png, make_grid, to_uint8
 
     indices = table.reshape(-1)
@@ -209,19 +223,19 @@ def _add_train_classifier(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train-classifier", help="train the MNIST classifier used by `ddgan eval`")
     p.add_argument("--data", required=True, help="Keras-layout mnist.npz")
     p.add_argument("--out", required=True, help="output directory (classifier.safetensors + classifier.json)")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=positive_int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    add_common_flags(p)
     p.set_defaults(handler=run_train_classifier)
 
 
 def run_train_classifier(args: argparse.Namespace) -> int:
     from ddgan.training.classifier import ClassifierError, ClassifierTrainConfig, save_classifier, train_classifier
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     try:
-        model, metadata = train_classifier(args.data, ClassifierTrainConfig(epochs=args.epochs, seed=args.seed))
+        config = ClassifierTrainConfig(epochs=args.epochs, seed=args.seed)
+        model, metadata = train_classifier(args.data, config, progress=not args.no_progress)
     except ClassifierError as exc:
         raise SystemExit(f"ddgan train-classifier: {exc}") from exc
     save_classifier(args.out, model, metadata)
@@ -233,58 +247,72 @@ def run_train_classifier(args: argparse.Namespace) -> int:
 
 
 def _add_toy(subparsers: argparse._SubParsersAction) -> None:
-    from ddgan.training.toy import ToyConfig
-
-    defaults = ToyConfig()
     p = subparsers.add_parser("toy", help="2-D 25-Gaussian study: GAN vs DDGAN vs SIDDM (PacGAN metrics)")
     p.add_argument("--objective", choices=["gan", "ddgan", "siddm"], default="ddgan")
-    p.add_argument("--steps", type=int, default=None, help="denoising steps T (gan: 1)")
+    p.add_argument(
+        "--num-timesteps",
+        "--steps",
+        type=positive_int,
+        dest="num_timesteps",
+        help="denoising steps T (default 4; gan: 1)",
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--iterations", type=int, default=defaults.iterations)
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--hidden", type=int, default=defaults.hidden)
-    p.add_argument("--lambda-afd", type=float, default=defaults.lambda_afd)
+    p.add_argument(
+        "--max-steps",
+        "--iterations",
+        type=positive_int,
+        dest="iterations",
+        metavar="STEPS",
+        help="training steps (default 20000)",
+    )
+    p.add_argument("--batch-size", type=positive_int, help="points per step (default 256)")
+    p.add_argument("--hidden", type=positive_int, help="MLP width (default 128)")
+    p.add_argument("--lambda-afd", type=float, help="SIDDM's AFD weight (default 1)")
     p.add_argument("--sweep", action="store_true", help="run the whole study (GAN T=1; DDGAN/SIDDM T=1,2,4,8,16)")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per configuration in --sweep")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds per configuration in --sweep")
     p.add_argument("--only", nargs="+", choices=["gan", "ddgan", "siddm"], help="--sweep: only these objectives")
     p.add_argument("--sweep-steps", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="--sweep: only these T")
     p.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of sweep result files")
     p.add_argument("--out", help="JSON file: one run's metrics, or the sweep's runs (appended, resumable)")
-    p.add_argument("--threads", type=int, default=1)
+    add_common_flags(p, threads_default=1)
     p.set_defaults(handler=run_toy)
 
 
 def run_toy(args: argparse.Namespace) -> int:
+    from ddgan.model.checkpoint import atomic_write_bytes
+    from ddgan.model.config import ConfigError
     from ddgan.training.toy import ToyConfig, format_table, run_sweep, train_toy
 
     if args.table:
         runs = [run for path in args.table for run in json.loads(Path(path).read_text())]
         sys.stdout.write(format_table(runs) + "\n")
         return 0
-    torch.set_num_threads(args.threads)
-    common = {
-        "iterations": args.iterations,
-        "batch_size": args.batch_size,
-        "hidden": args.hidden,
-        "lambda_afd": args.lambda_afd,
-    }
+    set_threads(args.threads)
+    given = {"iterations": args.iterations, "batch_size": args.batch_size, "hidden": args.hidden}
+    common = {k: v for k, v in {**given, "lambda_afd": args.lambda_afd}.items() if v is not None}
+    progress = not args.no_progress
     if args.sweep:
         if not args.out:
             raise SystemExit("ddgan toy --sweep needs --out results.json")
         objectives = args.only or ["gan", "ddgan", "siddm"]
         runs = run_sweep(
-            Path(args.out), seeds=range(args.seeds), objectives=objectives, steps_list=args.sweep_steps, **common
+            Path(args.out),
+            seeds=range(args.seeds),
+            objectives=objectives,
+            steps_list=args.sweep_steps,
+            progress=progress,
+            **common,
         )
         sys.stdout.write(format_table(runs) + "\n")
         return 0
-    steps = args.steps if args.steps is not None else (1 if args.objective == "gan" else 4)
+    steps = args.num_timesteps or (1 if args.objective == "gan" else 4)
     try:
         config = ToyConfig(objective=args.objective, num_timesteps=steps, seed=args.seed, **common)
-    except ValueError as exc:
+    except ConfigError as exc:
         raise SystemExit(f"ddgan toy: {exc}") from exc
     start = time.process_time()
-    _, metrics, _ = train_toy(config)
-    result = {"config": config.__dict__, **metrics.to_dict(), "cpu_seconds": round(time.process_time() - start, 1)}
+    _, metrics, _ = train_toy(config, progress=progress)
+    result = {"config": config.to_dict(), **metrics.to_dict(), "cpu_seconds": round(time.process_time() - start, 1)}
     if args.out:
         atomic_write_bytes(Path(args.out), (json.dumps(result, indent=2) + "\n").encode())
     sys.stdout.write(

@@ -1,4 +1,4 @@
-"""Sample-quality metrics on feature vectors: Fréchet distance, Inception Score, improved precision/recall.
+"""Sample-quality metrics: Fréchet distance, Inception Score, improved precision/recall, KL to uniform.
 
 FID and IS are computed by torchmetrics (a maintained metrics library) on features we extract once with our
 InceptionV3 (`training.inception`; torchmetrics' own extractor needs torch-fidelity/torchvision, which would
@@ -18,6 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 from scipy import linalg
+
+from ddgan.model.images import uint8_to_float
+from ddgan.training.datasets import IMAGE_SUFFIXES, image_files
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +73,15 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         covmean = covmean.real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def kl_to_uniform(counts: np.ndarray) -> float:
+    """KL(p̂ ‖ U_K) = Σ p̂ log(K p̂) of a histogram with K bins (empty bins contribute 0)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        raise ValueError("empty histogram")
+    p_hat = counts[counts > 0] / counts.sum()
+    return float(np.sum(p_hat * np.log(p_hat * len(counts))))
 
 
 def frechet_distance_of(features_a: np.ndarray, features_b: np.ndarray) -> float:
@@ -160,8 +172,6 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
 
 # ---------------------------------------------------------------- FID / IS / precision-recall with InceptionV3
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
-
 
 def load_reference_images(path: str, limit: int | None = None, seed: int = 0) -> np.ndarray:
     """Real images as (N, H, W, C) uint8 from an image folder (any PNG/JPEG tree) or a Keras-layout `.npz`.
@@ -170,9 +180,9 @@ def load_reference_images(path: str, limit: int | None = None, seed: int = 0) ->
     """
     source = Path(path)
     if source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(source)
         if not files:
-            raise FileNotFoundError(f"no images ({sorted(IMAGE_SUFFIXES)}) under {source}")
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {source}")
         if limit is not None and limit < len(files):
             picks = np.random.default_rng(seed).choice(len(files), size=limit, replace=False)
             files = [files[i] for i in sorted(picks)]
@@ -204,11 +214,6 @@ def load_reference_stats(path: str) -> FeatureStats:
     raise ValueError(f"{path}: expected arrays mu/sigma or mean/cov")
 
 
-def uint8_to_unit(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, C) uint8 -> (N, C, H, W) float32 in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
 def inception_metrics(
     inception: torch.nn.Module,
     generated: torch.Tensor,
@@ -236,7 +241,7 @@ def inception_metrics(
         logger.info("precision/recall need reference images, not statistics: skipped")
         return result
     ref_images = load_reference_images(reference)
-    ref_features = inception_outputs(inception, uint8_to_unit(ref_images), batch_size)[0].numpy()  # type: ignore[arg-type]
+    ref_features = inception_outputs(inception, uint8_to_float(ref_images, channels_last=True), batch_size)[0].numpy()  # type: ignore[arg-type]
     result["fid"] = fid_of_features(ref_features, gen_np)
     n = min(pr_samples, len(gen_np), len(ref_features))
     result["precision"], result["recall"] = precision_recall(ref_features[:n], gen_np[:n])

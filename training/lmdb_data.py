@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ddgan.training.data import DataError, ImageDataset, pil_to_array
+from ddgan.training.datasets import DataError, ImageDataset, pil_to_array
 
 
 def _import_lmdb() -> Any:
@@ -58,8 +58,8 @@ def _resolve_database(path: Path, train: bool) -> Path:
 class LMDBImageDataset(ImageDataset):
     """Square raw-RGB images from an NVAE-format LMDB, resized to `image_size` per item."""
 
-    def __init__(self, path: Path, image_size: int, channels: int, *, train: bool = True, hflip: bool = False) -> None:
-        super().__init__((channels, image_size, image_size), hflip)
+    def __init__(self, path: Path, image_size: int, channels: int, *, train: bool = True) -> None:
+        super().__init__((channels, image_size, image_size))
         self.database = _resolve_database(path, train)
         self.image_size = image_size
         self.channels = channels

@@ -1,4 +1,10 @@
-"""DDGAN and SIDDM training objectives; every random draw arrives in a `StepNoise`.
+"""DDGAN and SIDDM training objectives, written once for the image trainer and the 2-D toy study.
+
+Every random draw arrives in a `StepNoise`; a `Transition` holds one batch's real pair (x_t, x_{t+1}) and the
+generator's x'_t. The losses take any discriminator that returns a `DiscriminatorOutput` and says whether it is
+`conditional` (judges the pair) or not (the marginal); SIDDM's discriminators also return the x_0 and x_{t+1}
+estimates. Which terms apply follows from that, so DDGAN, SIDDM and the toy's plain GAN share one D loss and
+one G loss.
 
 Index convention (as model/diffusion.py): the generator denoises x_{t+1} → x_t with t ∈ {0..T-1}; DDGAN's paper
 writes this transition x_t → x_{t-1}, so its x_{t-1} is our x_t.
@@ -14,18 +20,24 @@ joint q(x_t, x_{t+1}) is factorised as marginal × forward kernel, and matched b
     cross-entropy is explicit (q is Gaussian); −H(p) is estimated by a conditional estimator c(x'_t, t) ≈ x_{t+1}
     that D's trunk shares and trains (a min-max game, as the paper does);
   * the discriminator's denoising regulariser r(x_t, t) ≈ x_0 trained on real noisy samples (UNet-GAN decoder).
+
+Squared errors reduce over a sample's values by `LossWeights.reduction`: "mean" per pixel for images (the
+paper's normalisation is not known; λ_AFD is then rescaled by 1/(C·H·W)), "sum" over a 2-D point's coordinates
+in the toy study.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddgan.model.diffusion import DiffusionSchedule
+from ddgan.training.discriminator import DiscriminatorOutput
 
 
 @dataclass
@@ -46,7 +58,7 @@ def derive_seed(*parts: int | str) -> int:
 
 
 def draw_step_noise(
-    seed: int, batch: int, image_shape: tuple[int, int, int], nz: int, num_timesteps: int, device: torch.device
+    seed: int, batch: int, image_shape: tuple[int, ...], nz: int, num_timesteps: int, device: torch.device
 ) -> StepNoise:
     """Draw one step's noise from a generator seeded by `seed`, in a fixed order, on the CPU (device-independent)."""
     generator = torch.Generator().manual_seed(seed)
@@ -59,10 +71,30 @@ def draw_step_noise(
     return StepNoise(*(x.to(device, non_blocking=True) for x in (t, noise, noise_next, z, posterior_noise)))
 
 
-def r1_penalty(logit: Tensor, x_real: Tensor) -> Tensor:
-    """R1 (Mescheder et al. 2018) without its γ/2 factor: mean_i ‖∇_x D(x_i)‖² on real samples."""
-    (grad,) = torch.autograd.grad(logit.float().sum(), x_real, create_graph=True)
-    return grad.float().pow(2).flatten(1).sum(1).mean()
+@dataclass
+class Transition:
+    """One batch's denoising step: real x_t ~ q(x_t | x_0), x_{t+1} ~ q(x_{t+1} | x_t), fake x'_t from G."""
+
+    t: Tensor
+    x_t: Tensor
+    x_t_plus_one: Tensor
+    x_t_fake: Tensor
+
+
+def transition(generator: nn.Module, schedule: DiffusionSchedule, x_0: Tensor, noise: StepNoise) -> Transition:
+    """The real pair from the forward process and x'_t ~ q(x_t | x_{t+1}, x̂_0 = G(x_{t+1}, t, z)) (DDGAN Eq. 4-5)."""
+    t = noise.t
+    x_t, x_t_plus_one = schedule.q_sample_pairs(x_0, t, noise.noise, noise.noise_next)
+    x_0_pred = generator(x_t_plus_one, t, noise.z)
+    return Transition(t, x_t, x_t_plus_one, schedule.sample_posterior(x_0_pred, x_t_plus_one, t, noise.posterior_noise))
+
+
+class TimeDiscriminator(Protocol):
+    """D(x_t, t[, x_{t+1}]): the image discriminator (`training.discriminator`) and the toy's MLP."""
+
+    conditional: bool
+
+    def __call__(self, x_t: Tensor, t: Tensor, x_t_plus_one: Tensor | None = None) -> DiscriminatorOutput: ...
 
 
 @dataclass(frozen=True)
@@ -70,93 +102,50 @@ class LossWeights:
     r1_gamma: float = 0.0
     lambda_afd: float = 1.0
     denoise_weight: float = 1.0
+    reduction: str = "mean"  # squared errors per sample: "mean" over pixels (images) or "sum" (2-D points)
+
+    def __post_init__(self) -> None:
+        if self.reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {self.reduction!r}")
 
 
-def ddgan_discriminator_loss(
-    generator: nn.Module,
-    discriminator: nn.Module,
-    schedule: DiffusionSchedule,
-    x_0: Tensor,
-    noise: StepNoise,
-    weights: LossWeights,
-    apply_r1: bool,
+def _per_sample(values: Tensor, reduction: str) -> Tensor:
+    """(B, ...) -> (B,): the mean or sum over each sample's values."""
+    flat = values.float().flatten(1)
+    return flat.mean(1) if reduction == "mean" else flat.sum(1)
+
+
+def r1_penalty(logit: Tensor, x_real: Tensor) -> Tensor:
+    """R1 (Mescheder et al. 2018) without its γ/2 factor: mean_i ‖∇_x D(x_i)‖² on real samples."""
+    (grad,) = torch.autograd.grad(logit.float().sum(), x_real, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
+def discriminator_loss(
+    discriminator: TimeDiscriminator, step: Transition, x_0: Tensor, weights: LossWeights, apply_r1: bool
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """DDGAN discriminator loss: softplus(−D(x_t, t, x_{t+1})) + softplus(D(x'_t, t, x_{t+1})) [+ γ/2·R1].
+    """D step: softplus(−D(x_t)) + softplus(D(x'_t)) [+ SIDDM heads] [+ γ/2·R1 on real x_t].
 
-    As the reference, R1 is not multiplied by the lazy interval (StyleGAN2 would multiply it).
+    DDGAN: D(x_t, t, x_{t+1}) on pairs. SIDDM (siddm-notes §1.4), D(x_t, t) on the marginal plus
+      * the denoising regulariser (the paper's UNet-discriminator term): ‖r(x_t, t) − x_0‖² on *real* x_t only;
+      * the conditional estimator fit (the max over ψ that estimates −H(p) in the AFD KL):
+        λ_AFD·‖c(sg(x'_t), t) − x_{t+1}‖² on fake pairs.
+    `step.x_t_fake` must not carry G's graph (build the transition under no_grad). As the reference, R1 is not
+    multiplied by the lazy interval (StyleGAN2 would multiply it); SIDDM recipes turn it off (γ = 0).
     """
-    t = noise.t
-    x_t, x_t_plus_one = schedule.q_sample_pairs(x_0, t, noise.noise, noise.noise_next)
-    x_t = x_t.detach().requires_grad_(apply_r1)
-    d_real = discriminator(x_t, t, x_t_plus_one).logit
-    loss_real = F.softplus(-d_real.float()).mean()
-    with torch.no_grad():  # the reference lets G's graph build here and discards those gradients
-        x_0_pred = generator(x_t_plus_one, t, noise.z)
-    x_t_fake = schedule.sample_posterior(x_0_pred, x_t_plus_one, t, noise.posterior_noise)
-    d_fake = discriminator(x_t_fake, t, x_t_plus_one).logit
-    loss_fake = F.softplus(d_fake.float()).mean()
+    condition = step.x_t_plus_one if discriminator.conditional else None
+    x_t = step.x_t.detach().requires_grad_(apply_r1)
+    real = discriminator(x_t, step.t, condition)
+    loss_real = F.softplus(-real.logit.float()).mean()
+    fake = discriminator(step.x_t_fake, step.t, condition)
+    loss_fake = F.softplus(fake.logit.float()).mean()
     loss = loss_real + loss_fake
     stats = {"d_real": loss_real.detach(), "d_fake": loss_fake.detach()}
-    if apply_r1 and weights.r1_gamma > 0:
-        r1 = r1_penalty(d_real, x_t)
-        loss = loss + weights.r1_gamma / 2 * r1
-        stats["r1"] = r1.detach()
-    return loss, stats
-
-
-def ddgan_generator_loss(
-    generator: nn.Module, discriminator: nn.Module, schedule: DiffusionSchedule, x_0: Tensor, noise: StepNoise
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """DDGAN generator loss (non-saturating): softplus(−D(x'_t, t, x_{t+1})), x'_t ~ q(x_t | x_{t+1}, x̂_0)."""
-    t = noise.t
-    _, x_t_plus_one = schedule.q_sample_pairs(x_0, t, noise.noise, noise.noise_next)
-    x_0_pred = generator(x_t_plus_one, t, noise.z)
-    x_t_fake = schedule.sample_posterior(x_0_pred, x_t_plus_one, t, noise.posterior_noise)
-    loss = F.softplus(-discriminator(x_t_fake, t, x_t_plus_one).logit.float()).mean()
-    return loss, {"g_adv": loss.detach()}
-
-
-def _pixel_mse(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample mean squared error over C·H·W (B,)."""
-    return (a.float() - b.float()).pow(2).flatten(1).mean(1)
-
-
-def siddm_discriminator_loss(
-    generator: nn.Module,
-    discriminator: nn.Module,
-    schedule: DiffusionSchedule,
-    x_0: Tensor,
-    noise: StepNoise,
-    weights: LossWeights,
-    apply_r1: bool,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """D step of SIDDM (siddm-notes §1.4): marginal GAN + λ_reg·denoising regulariser + λ_AFD·estimator fit.
-
-    * marginal adversarial term (paper: D_adv(q(x_{t-1}) ‖ p_θ(x_{t-1}))): non-saturating softplus on D(x_t, t);
-    * denoising regulariser (paper's UNet-discriminator regulariser): ‖r(x_t, t) − x_0‖² on *real* x_t only;
-    * conditional estimator fit (the max over ψ that estimates −H(p) in the AFD KL): ‖c(sg(x'_t), t) − x_{t+1}‖²
-      on fake pairs. Squared errors are per-pixel means (the paper's normalisation is not known).
-    Optional R1 (off by default for SIDDM: the paper presents the regulariser as its replacement).
-    """
-    t = noise.t
-    x_t, x_t_plus_one = schedule.q_sample_pairs(x_0, t, noise.noise, noise.noise_next)
-    x_t = x_t.detach().requires_grad_(apply_r1)
-    real = discriminator(x_t, t)
-    loss_real = F.softplus(-real.logit.float()).mean()
-    denoise = _pixel_mse(real.x_0, x_0).mean()
-    with torch.no_grad():
-        x_0_pred = generator(x_t_plus_one, t, noise.z)
-    x_t_fake = schedule.sample_posterior(x_0_pred, x_t_plus_one, t, noise.posterior_noise)
-    fake = discriminator(x_t_fake, t)
-    loss_fake = F.softplus(fake.logit.float()).mean()
-    estimator = _pixel_mse(fake.x_t_plus_one, x_t_plus_one).mean()
-    loss = loss_real + loss_fake + weights.denoise_weight * denoise + weights.lambda_afd * estimator
-    stats = {
-        "d_real": loss_real.detach(),
-        "d_fake": loss_fake.detach(),
-        "d_denoise": denoise.detach(),
-        "d_afd_estimator": estimator.detach(),
-    }
+    if real.x_0 is not None and fake.x_t_plus_one is not None:
+        denoise = _per_sample((real.x_0.float() - x_0.float()).square(), weights.reduction).mean()
+        estimator = _per_sample((fake.x_t_plus_one.float() - step.x_t_plus_one.float()).square(), weights.reduction)
+        loss = loss + weights.denoise_weight * denoise + weights.lambda_afd * estimator.mean()
+        stats.update(d_denoise=denoise.detach(), d_afd_estimator=estimator.mean().detach())
     if apply_r1 and weights.r1_gamma > 0:
         r1 = r1_penalty(real.logit, x_t)
         loss = loss + weights.r1_gamma / 2 * r1
@@ -164,37 +153,39 @@ def siddm_discriminator_loss(
     return loss, stats
 
 
-def siddm_generator_loss(
-    generator: nn.Module,
-    discriminator: nn.Module,
-    schedule: DiffusionSchedule,
-    x_0: Tensor,
-    noise: StepNoise,
-    weights: LossWeights,
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """G step of SIDDM: softplus(−D(x'_t, t)) + λ_AFD · AFD.
+def afd_kl(
+    schedule: DiffusionSchedule, step: Transition, x_t_plus_one_estimate: Tensor, reduction: str
+) -> tuple[Tensor, Tensor]:
+    """Per-sample AFD = KL(p_θ(x_{t+1} | x'_t) ‖ q(x_{t+1} | x'_t)), q(x_{t+1} | x_t) = N(√(1−β_{t+1}) x_t, β_{t+1} I):
 
-    AFD = KL(p_θ(x_{t+1} | x'_t) ‖ q(x_{t+1} | x'_t)) per pixel, with q(x_{t+1} | x_t) = N(√(1−β_{t+1}) x_t, β_{t+1} I):
       H(p, q) ≈ ‖x_{t+1} − √(1−β_{t+1}) x'_t‖² / (2β_{t+1})                (explicit Gaussian cross-entropy)
       −H(p)  ≈ −‖x_{t+1} − c(x'_t, t)‖² / (2β_{t+1})                       (estimator with σ² = β_{t+1})
-    Differences from the paper as reconstructed: per-pixel mean instead of a sum over pixels (λ_AFD is rescaled
-    by 1/(C·H·W)), σ² of the estimator fixed to β_{t+1}, constants dropped. The released MoG script instead uses
-    weight 1 and omits the entropy term. Gradients reach x'_t through c (D's parameters are frozen, not x'_t).
+
+    Returns (AFD, its cross-entropy part), each (B,). Differences from the paper as reconstructed: σ² of the
+    estimator fixed to β_{t+1}, constants dropped; the released MoG script instead uses weight 1 and omits the
+    entropy term. Gradients reach x'_t through c (D's parameters are frozen, not x'_t).
     """
-    t = noise.t
-    _, x_t_plus_one = schedule.q_sample_pairs(x_0, t, noise.noise, noise.noise_next)
-    x_0_pred = generator(x_t_plus_one, t, noise.z)
-    x_t_fake = schedule.sample_posterior(x_0_pred, x_t_plus_one, t, noise.posterior_noise)
-    fake = discriminator(x_t_fake, t)
+    broadcast = (-1, *([1] * (step.x_t_fake.dim() - 1)))
+    beta = schedule.betas[step.t + 1].float().view(broadcast)
+    step_a = schedule.step_a[step.t + 1].float().view(broadcast)
+    x_t_plus_one, x_t_fake = step.x_t_plus_one.float(), step.x_t_fake.float()
+    cross_entropy = (x_t_plus_one - step_a * x_t_fake).square() / (2 * beta)
+    entropy = (x_t_plus_one - x_t_plus_one_estimate.float()).square() / (2 * beta)
+    return _per_sample(cross_entropy - entropy, reduction), _per_sample(cross_entropy, reduction)
+
+
+def generator_loss(
+    discriminator: TimeDiscriminator, step: Transition, schedule: DiffusionSchedule, weights: LossWeights
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """G step (non-saturating): softplus(−D(x'_t)) on the pair (DDGAN) or the marginal, + λ_AFD·AFD for SIDDM."""
+    fake = discriminator(step.x_t_fake, step.t, step.x_t_plus_one if discriminator.conditional else None)
     adversarial = F.softplus(-fake.logit.float()).mean()
-    beta_next = schedule.betas[t + 1].float()
-    step_a = schedule.step_a[t + 1].view(-1, *([1] * (x_0.dim() - 1)))
-    cross_entropy = _pixel_mse(x_t_plus_one, step_a * x_t_fake) / (2 * beta_next)
-    negative_entropy = -_pixel_mse(x_t_plus_one, fake.x_t_plus_one) / (2 * beta_next)
-    afd = (cross_entropy + negative_entropy).mean()
-    loss = adversarial + weights.lambda_afd * afd
+    if fake.x_t_plus_one is None:
+        return adversarial, {"g_adv": adversarial.detach()}
+    afd, cross_entropy = afd_kl(schedule, step, fake.x_t_plus_one, weights.reduction)
+    loss = adversarial + weights.lambda_afd * afd.mean()
     return loss, {
         "g_adv": adversarial.detach(),
-        "g_afd": afd.detach(),
+        "g_afd": afd.mean().detach(),
         "g_afd_cross_entropy": cross_entropy.mean().detach(),
     }

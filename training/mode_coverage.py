@@ -15,37 +15,21 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor
 
+from ddgan.model.config import DictConfig
 from ddgan.training.classifier import MnistClassifier, classify, to_input
-from ddgan.training.evaluation import frechet_distance_of
+from ddgan.training.evaluation import frechet_distance_of, kl_to_uniform
 
-STACKED_SAMPLES = 26_000
-
-
-def kl_to_uniform(counts: np.ndarray) -> float:
-    """KL(p̂ ‖ U_K) = Σ p̂ log(K p̂) of a histogram with K bins (empty bins contribute 0)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.sum() <= 0:
-        raise ValueError("empty histogram")
-    p_hat = counts[counts > 0] / counts.sum()
-    return float(np.sum(p_hat * np.log(p_hat * len(counts))))
+# Samples scored by default: 10,000 for MNIST, and the Stacked-MNIST protocol's 26,000 for 3-channel models.
+DEFAULT_SAMPLES = {1: 10_000, 3: 26_000}
 
 
 @dataclass(frozen=True)
-class ModeReport:
+class ModeReport(DictConfig):
     num_modes: int  # 10 (MNIST) or 1000 (Stacked-MNIST)
     modes_covered: int
     kl_to_uniform: float
     mean_confidence: float  # mean over samples (and channels) of the max softmax probability
     histogram: list[int]
-
-    def to_dict(self) -> dict:
-        return {
-            "num_modes": self.num_modes,
-            "modes_covered": self.modes_covered,
-            "kl_to_uniform": self.kl_to_uniform,
-            "mean_confidence": self.mean_confidence,
-            "histogram": self.histogram,
-        }
 
 
 def mode_report(probabilities: np.ndarray) -> ModeReport:
@@ -106,14 +90,11 @@ def stack_digits(digits_uint8: np.ndarray, count: int, seed: int) -> Tensor:
 
 
 @dataclass(frozen=True)
-class FrechetReport:
+class FrechetReport(DictConfig):
     generated_vs_test: float
     real_train_vs_test: float  # the floor: real data of the same sample size
     num_generated: int
     num_reference: int
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
 
 
 def classifier_frechet(

@@ -112,3 +112,11 @@ def load_run_state(checkpoint: Path, device: str | torch.device = "cpu") -> tupl
     except Exception as exc:  # safetensors and json raise their own error types
         raise RunStateError(f"cannot read the training checkpoint {checkpoint}: {exc}") from exc
     return int(meta["step"]), _unflatten(meta["state"], tensors)
+
+
+def find_checkpoint(run_dir: Path) -> Path:
+    """The run's latest checkpoint; FileNotFoundError naming what was looked for when there is none."""
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint (looked for {run_dir}/{CHECKPOINT_DIR}/{LATEST_FILE})")
+    return path

@@ -16,7 +16,6 @@ Objectives (one small MLP generator G(x_{t+1}, t, z) -> x̂_0 for all three, sam
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -28,13 +27,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ddgan.model.checkpoint import atomic_write_bytes
-from ddgan.model.config import DiffusionConfig
+from ddgan.model.config import ConfigError, DictConfig, DiffusionConfig
 from ddgan.model.diffusion import DiffusionSchedule, SamplingChain
-from ddgan.training.evaluation import frechet_distance
+from ddgan.training import losses
+from ddgan.training.discriminator import DiscriminatorOutput
+from ddgan.training.evaluation import frechet_distance, kl_to_uniform
 
 logger = logging.getLogger(__name__)
 
@@ -61,14 +61,11 @@ def sample_grid(n: int, generator: torch.Generator) -> Tensor:
 
 
 @dataclass(frozen=True)
-class GridMetrics:
+class GridMetrics(DictConfig):
     modes_covered: int  # modes with at least one sample within 3σ
     high_quality: float  # share of samples within 3σ of their nearest mode
     reverse_kl: float  # KL(p̂ ‖ U_25), p̂ = nearest-mode histogram of the high-quality samples
     frechet_2d: float  # Fréchet distance of Gaussian fits: samples vs the true mixture's moments
-
-    def to_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
 
 
 def mixture_moments() -> tuple[np.ndarray, np.ndarray]:
@@ -87,11 +84,7 @@ def grid_metrics(samples: np.ndarray) -> GridMetrics:
     nearest = distances.argmin(axis=1)
     good = distances[np.arange(len(samples)), nearest] < QUALITY_RADIUS
     counts = np.bincount(nearest[good], minlength=len(means))
-    if counts.sum() == 0:
-        reverse_kl = math.nan
-    else:
-        p_hat = counts[counts > 0] / counts.sum()
-        reverse_kl = float(np.sum(p_hat * np.log(p_hat * len(means))))
+    reverse_kl = kl_to_uniform(counts) if counts.sum() else math.nan
     true_mean, true_cov = mixture_moments()
     finite = samples[np.all(np.isfinite(samples), axis=1)]
     if len(finite) > 2:
@@ -154,18 +147,23 @@ class ToyDiscriminator(nn.Module):
         self.denoise = nn.Linear(hidden, 2) if extra_heads else None  # r(x_t, t) -> x_0
         self.forward_estimate = nn.Linear(hidden, 2) if extra_heads else None  # C(x'_t, t) -> x_{t+1}
 
-    def features(self, x_t: Tensor, t: Tensor, x_t_plus_one: Tensor | None = None) -> Tensor:
-        parts = [x_t, x_t_plus_one] if self.conditional else [x_t]
-        assert (x_t_plus_one is not None) == self.conditional, "condition given iff D is conditional"
-        scaled = [self.input_gain * part for part in parts]  # type: ignore[operator]
-        return self.trunk(torch.cat([*scaled, self.embed(t)], dim=1))
+    def forward(self, x_t: Tensor, t: Tensor, x_t_plus_one: Tensor | None = None) -> DiscriminatorOutput:
+        if (x_t_plus_one is not None) != self.conditional:
+            raise ValueError("a conditional discriminator needs x_{t+1}, an unconditional one takes none")
+        parts = [x_t] if x_t_plus_one is None else [x_t, x_t_plus_one]
+        features = self.trunk(torch.cat([*(self.input_gain * part for part in parts), self.embed(t)], dim=1))
+        if self.denoise is None or self.forward_estimate is None:
+            return DiscriminatorOutput(self.logit(features).squeeze(1))
+        return DiscriminatorOutput(
+            self.logit(features).squeeze(1), self.denoise(features), self.forward_estimate(features)
+        )
 
 
 # ---------------------------------------------------------------- training
 
 
 @dataclass(frozen=True)
-class ToyConfig:
+class ToyConfig(DictConfig):
     objective: str = "ddgan"
     num_timesteps: int = 4
     seed: int = 0
@@ -185,11 +183,11 @@ class ToyConfig:
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.objective == "gan" and self.num_timesteps != 1:
-            raise ValueError("the plain GAN is the T = 1 baseline: use --steps 1")
+            raise ConfigError("the plain GAN is the T = 1 baseline: use --num-timesteps 1")
         if not 1 <= self.num_timesteps <= 1000 or self.iterations < 1 or self.batch_size < 1:
-            raise ValueError("need 1 <= steps <= 1000, iterations >= 1 and batch_size >= 1")
+            raise ConfigError("need 1 <= num_timesteps <= 1000, iterations >= 1 and batch_size >= 1")
 
 
 class ToyModel(nn.Module):
@@ -216,54 +214,33 @@ class ToyModel(nn.Module):
             for opt in (self.opt_g, self.opt_d)
         ]
 
-    def _pairs(self, x_0: Tensor, rng: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(t, x_t, x_{t+1}, x'_t): real pair from q, fake x'_t ~ q(x_t | x_{t+1}, G(x_{t+1}, t, z))."""
+        r1_gamma = 0.0 if config.objective == "siddm" else config.r1_gamma  # SIDDM's regulariser replaces R1
+        self.weights = losses.LossWeights(r1_gamma, config.lambda_afd, config.lambda_reg, reduction="sum")
+
+    def _transition(self, x_0: Tensor, rng: torch.Generator) -> losses.Transition:
+        """The real pair and G's x'_t; every draw from `rng` in a fixed order (t, z, then the three noises)."""
         n = len(x_0)
         t = torch.randint(0, self.config.num_timesteps, (n,), generator=rng)
         z = torch.randn(n, self.config.nz, generator=rng)
-        if self.config.objective == "gan":
-            x_t, x_t_plus_one = x_0, torch.randn(n, 2, generator=rng)  # G's input is pure noise
-            return t, x_t, x_t_plus_one, self.generator(x_t_plus_one, t, z)
+        if self.config.objective == "gan":  # x_t is the data, G's input x_{t+1} pure noise, no posterior step
+            x_t_plus_one = torch.randn(n, 2, generator=rng)
+            return losses.Transition(t, x_0, x_t_plus_one, self.generator(x_t_plus_one, t, z))
         noise, noise_next, posterior_noise = (torch.randn(n, 2, generator=rng) for _ in range(3))
-        x_t, x_t_plus_one = self.schedule.q_sample_pairs(x_0, t, noise, noise_next)
-        x_0_pred = self.generator(x_t_plus_one, t, z)
-        return t, x_t, x_t_plus_one, self.schedule.sample_posterior(x_0_pred, x_t_plus_one, t, posterior_noise)
-
-    def _logit(self, x: Tensor, t: Tensor, x_t_plus_one: Tensor) -> Tensor:
-        d = self.discriminator
-        return d.logit(d.features(x, t, x_t_plus_one if d.conditional else None)).squeeze(1)
+        return losses.transition(
+            self.generator, self.schedule, x_0, losses.StepNoise(t, noise, noise_next, z, posterior_noise)
+        )
 
     def step(self, x_0: Tensor, rng: torch.Generator) -> dict[str, float]:
-        cfg, d = self.config, self.discriminator
-        # ---- D step
+        """One D update then one G update (fresh t, noise and latents), the objectives of `training.losses`."""
+        d = self.discriminator
         with torch.no_grad():
-            t, x_t, x_t_plus_one, fake = self._pairs(x_0, rng)
-        x_t = x_t.requires_grad_(cfg.objective != "siddm")
-        real_features = d.features(x_t, t, x_t_plus_one if d.conditional else None)
-        real_logit = d.logit(real_features).squeeze(1)
-        loss_d = F.softplus(-real_logit).mean() + F.softplus(self._logit(fake, t, x_t_plus_one)).mean()
-        if cfg.objective == "siddm":
-            assert d.denoise is not None and d.forward_estimate is not None
-            loss_d = loss_d + cfg.lambda_reg * (d.denoise(real_features) - x_0).square().sum(1).mean()
-            # C regresses x_{t+1} on the generator's x'_t: its error estimates the conditional entropy
-            loss_d = loss_d + (d.forward_estimate(d.features(fake, t)) - x_t_plus_one).square().sum(1).mean()
-        else:  # R1 on real data (Mescheder et al. 2018)
-            (grad,) = torch.autograd.grad(real_logit.sum(), x_t, create_graph=True)
-            loss_d = loss_d + 0.5 * cfg.r1_gamma * grad.square().sum(1).mean()
+            transition = self._transition(x_0, rng)
+        loss_d, _ = losses.discriminator_loss(d, transition, x_0, self.weights, apply_r1=self.weights.r1_gamma > 0)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
-        # ---- G step (fresh t, noise and latents)
         d.requires_grad_(False)
-        t, _, x_t_plus_one, fake = self._pairs(x_0, rng)
-        loss_g = F.softplus(-self._logit(fake, t, x_t_plus_one)).mean()
-        if cfg.objective == "siddm":
-            assert d.forward_estimate is not None
-            # AFD: KL(p_θ(x_{t+1}|x'_t) ‖ q(x_{t+1}|x'_t)) = cross-entropy (explicit Gaussian) − entropy (via C)
-            beta = self.schedule.betas[t + 1].unsqueeze(1)
-            cross_entropy = (x_t_plus_one - self.schedule.step_a[t + 1].unsqueeze(1) * fake).square() / (2 * beta)
-            entropy = (x_t_plus_one - d.forward_estimate(d.features(fake, t))).square() / (2 * beta)
-            loss_g = loss_g + cfg.lambda_afd * (cross_entropy - entropy).sum(1).mean()
+        loss_g, _ = losses.generator_loss(d, self._transition(x_0, rng), self.schedule, self.weights)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
@@ -285,8 +262,12 @@ class ToyModel(nn.Module):
         return DATA_SCALE * chain(x_T, z, noise)
 
 
-def train_toy(config: ToyConfig, log_every: int = 0) -> tuple[ToyModel, GridMetrics, list[dict[str, float]]]:
+def train_toy(
+    config: ToyConfig, log_every: int = 0, progress: bool = False
+) -> tuple[ToyModel, GridMetrics, list[dict[str, float]]]:
     """Train one toy run from `config.seed` and score `config.num_eval_samples` samples."""
+    from tqdm import tqdm
+
     torch.manual_seed(config.seed)  # weight initialisation
     model = ToyModel(config)
     data_rng = torch.Generator().manual_seed(config.seed)
@@ -294,7 +275,8 @@ def train_toy(config: ToyConfig, log_every: int = 0) -> tuple[ToyModel, GridMetr
     eval_rng = torch.Generator().manual_seed(config.seed + 2)
     data = sample_grid(config.num_train_points, data_rng) / DATA_SCALE
     history = []
-    for iteration in range(config.iterations):
+    label = f"{config.objective} T={config.num_timesteps} seed={config.seed}"
+    for iteration in tqdm(range(config.iterations), desc=label, disable=not progress, dynamic_ncols=True):
         batch = data[torch.randint(0, len(data), (config.batch_size,), generator=train_rng)]
         losses = model.step(batch, train_rng)
         if log_every and (iteration + 1) % log_every == 0:
@@ -313,6 +295,7 @@ def run_sweep(
     seeds: Iterable[int],
     objectives: Iterable[str] = OBJECTIVES,
     steps_list: Iterable[int] = (1, 2, 4, 8, 16),
+    progress: bool = False,
     **overrides: Any,
 ) -> list[dict[str, Any]]:
     """Train every (objective, T) × seed, appending each result to `out` (JSON list); finished runs are skipped.
@@ -329,7 +312,7 @@ def run_sweep(
                 continue
             config = ToyConfig(objective=objective, num_timesteps=steps, seed=seed, **overrides)
             start = time.process_time()
-            _, metrics, _ = train_toy(config)
+            _, metrics, _ = train_toy(config, progress=progress)
             runs.append(
                 {
                     "objective": objective,
@@ -337,7 +320,7 @@ def run_sweep(
                     "seed": seed,
                     **metrics.to_dict(),
                     "cpu_seconds": round(time.process_time() - start, 1),
-                    "config": dataclasses.asdict(config),
+                    "config": config.to_dict(),
                 }
             )
             logger.info("%s T=%d seed=%d: %s", objective, steps, seed, metrics)

@@ -1,4 +1,4 @@
-"""The training recipe: one frozen dataclass, with the official per-dataset defaults (ddgan-spec §2.2, §5).
+"""The training recipe: frozen dataclasses, with the official per-dataset defaults (ddgan-spec §2.2, §5).
 
 `recipe_for(preset, objective)` gives the defaults; `TrainConfig.replace(**overrides)` applies flags; the resolved
 recipe is written into every run as `train_config.json` and is what `--resume` reads back.
@@ -7,20 +7,86 @@ recipe is written into every run as `train_config.json` and is what `--resume` r
 from __future__ import annotations
 
 import dataclasses
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Self
 
-from ddgan.model.config import ConfigError, ModelConfig, get_preset
-from ddgan.training.discriminator import DiscriminatorConfig
+from ddgan.model.config import ConfigError, DictConfig, ModelConfig, get_preset
 
 OBJECTIVES = ("ddgan", "siddm")
 PRECISIONS = ("auto", "fp32", "bf16")
+DATASET_KINDS = ("auto", "mnist", "stacked_mnist", "image_folder", "cifar10", "lmdb")  # training.data formats
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig(DictConfig):
+    """How the shared training loop drives a run (`training.loop`): when it stops, checkpoints, samples, logs.
+
+    None of it changes what a step computes, so a `--resume` may change any of it (`RESUMABLE`).
+    """
+
+    max_steps: int | None = None  # None: no step limit (the trainer's own length: all epochs)
+    time_limit_minutes: float = 0.0  # 0: none; otherwise checkpoint, export and stop after this long
+    checkpoint_every: int = 1000  # steps
+    checkpoint_minutes: float = 0.0  # also checkpoint when this long has passed since the last one (0: off)
+    keep_checkpoints: int = 3
+    sample_every: int = 1000  # steps; EMA sample grid PNG + TensorBoard image (0: only at the end)
+    sample_count: int = 64
+    sample_seed: int = 0
+    log_every: int = 50  # steps; TensorBoard scalars and the progress bar's numbers
+    num_workers: int = 0  # DataLoader workers for on-disk datasets
+    num_threads: int = 0  # CPU: torch.set_num_threads (0: torch's default)
+
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset()  # fields beyond the loop's a resumed run may change
+
+    def __post_init__(self) -> None:
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1 (or absent: no limit), got {self.max_steps}")
+        for name in ("checkpoint_every", "keep_checkpoints", "log_every", "sample_count"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("time_limit_minutes", "checkpoint_minutes", "sample_every", "num_workers", "num_threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def resumable_fields(cls) -> frozenset[str]:
+        return frozenset(f.name for f in dataclasses.fields(LoopConfig)) | cls.RESUMABLE
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything a run needs besides the data and output paths."""
+class DiscriminatorConfig(DictConfig):
+    """Architecture of the discriminator (``kind`` small/large as the official code, ``ngf`` its width)."""
+
+    kind: str = "small"
+    ngf: int = 64
+    t_emb_dim: int = 256
+    conditional: bool = True  # DDGAN: condition on x_{t+1}; SIDDM's marginal discriminator: False
+    dense_heads: bool = False  # SIDDM: decoder with the denoising (x_0) and AFD (x_{t+1}) output maps
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("small", "large"):
+            raise ConfigError(f"discriminator kind must be 'small' or 'large', got {self.kind!r}")
+        if self.ngf < 1 or self.t_emb_dim < 2 or self.t_emb_dim % 2:
+            raise ConfigError("discriminator ngf must be >= 1 and t_emb_dim a positive even number")
+
+    def channel_plan(self) -> list[tuple[int, int, bool]]:
+        """(in, out, downsample) per DownConvBlock, after the 1x1 start conv to 2·ngf channels."""
+        n = self.ngf
+        if self.kind == "small":
+            return [(2 * n, 2 * n, False), (2 * n, 4 * n, True), (4 * n, 8 * n, True), (8 * n, 8 * n, True)]
+        return [(2 * n, 4 * n, True), (4 * n, 8 * n, True)] + [(8 * n, 8 * n, True)] * 4
+
+    def min_image_size(self) -> int:
+        return 4 * 2 ** sum(down for _, _, down in self.channel_plan())
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(LoopConfig):
+    """Everything a DDGAN / SIDDM run needs besides the data and output paths."""
 
     model: ModelConfig
     objective: str = "ddgan"
@@ -29,8 +95,6 @@ class TrainConfig:
     hflip: bool = False
     batch_size: int = 64  # per process, as the official --batch_size
     num_epochs: int = 1800
-    max_steps: int = 0  # 0: run all epochs; otherwise stop after this many steps
-    time_limit_minutes: float = 0.0  # 0: none; otherwise checkpoint, export and stop after this long
     lr_g: float = 1.6e-4
     lr_d: float = 1.25e-4
     beta1: float = 0.5
@@ -44,62 +108,41 @@ class TrainConfig:
     denoise_weight: float = 1.0  # SIDDM only: the discriminator's denoising regulariser
     seed: int = 1024
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    num_workers: int = 0
-    num_threads: int = 0  # CPU: torch.set_num_threads (0: torch's default)
-    checkpoint_every: int = 1000  # steps
-    keep_checkpoints: int = 3
-    sample_every: int = 1000  # steps; EMA sample grid PNG + TensorBoard image
-    log_every: int = 50  # steps; TensorBoard scalars
-    sample_count: int = 64
-    sample_seed: int = 0
+
+    RESUMABLE: ClassVar[frozenset[str]] = frozenset({"num_epochs"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.dataset not in DATASET_KINDS:
+            raise ConfigError(f"dataset must be one of {DATASET_KINDS}, got {self.dataset!r}")
         if self.objective == "siddm" and (self.discriminator.conditional or not self.discriminator.dense_heads):
             raise ConfigError("the siddm objective needs an unconditional discriminator with dense heads")
         if self.objective == "ddgan" and (not self.discriminator.conditional or self.discriminator.dense_heads):
             raise ConfigError("the ddgan objective needs a conditional discriminator without dense heads")
-        positive = ("batch_size", "num_epochs", "lazy_reg", "checkpoint_every", "sample_every", "log_every")
-        for name in positive:
+        for name in ("batch_size", "num_epochs", "lazy_reg"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if min(self.lr_g, self.lr_d) <= 0 or not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ConfigError("learning rates must be positive and Adam betas in [0, 1)")
-        if min(self.r1_gamma, self.lambda_afd, self.denoise_weight, self.max_steps, self.time_limit_minutes) < 0:
-            raise ConfigError("r1_gamma, lambda_afd, denoise_weight, max_steps and time_limit_minutes must be >= 0")
+        if min(self.r1_gamma, self.lambda_afd, self.denoise_weight) < 0:
+            raise ConfigError("r1_gamma, lambda_afd and denoise_weight must be >= 0")
         if self.model.generator.image_size < self.discriminator.min_image_size():
             raise ConfigError(
                 f"a {self.discriminator.kind} discriminator needs images of at least "
                 f"{self.discriminator.min_image_size()} pixels, the model makes {self.model.generator.image_size}"
             )
 
-    def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        try:
-            model = ModelConfig.from_dict(data.pop("model"))
-            discriminator = DiscriminatorConfig(**data.pop("discriminator"))
-            return cls(model=model, discriminator=discriminator, **data)
-        except (KeyError, TypeError) as exc:
-            raise ConfigError(f"invalid training config: {exc}") from exc
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainConfig:
-        return cls.from_dict(json.loads(text))
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        if isinstance(data, Mapping) and data.get("max_steps") == 0:
+            data = {**data, "max_steps": None}  # runs of ddgan-serve 0.2 stored 0 for "no step limit"
+        return super().from_dict(data)
 
 
 # Official README recipes (ddgan-spec §2.2); batch sizes are per process, as there.

@@ -95,7 +95,7 @@ def test_images_of_different_steps_share_a_call_and_match_their_own_runs(sampler
     mixed = sampler.sample([5, 6, 7], steps=[2, 5, 3], progress=lambda done, total: calls.append((done, total)))
     assert calls == [(k, 5) for k in range(1, 6)]  # iterations: the largest step count
     for row, (seed, steps) in enumerate([(5, 2), (6, 5), (7, 3)]):
-        torch.testing.assert_close(mixed[row], sampler.sample([seed], steps=steps)[0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(mixed[row], sampler.sample([seed], steps=steps)[0], rtol=0, atol=1e-4)
     with pytest.raises(StepsError, match="2 step counts for 3 seeds"):
         sampler.sample([1, 2, 3], steps=[2, 2])
 

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from ddgan.model.config import DiffusionConfig, GeneratorConfig, ModelConfig
-from ddgan.training.data import ArrayImageDataset
-from ddgan.training.discriminator import DiscriminatorConfig
-from ddgan.training.train_config import TrainConfig
+from ddgan.training.datasets import ArrayImageDataset
+from ddgan.training.train_config import DiscriminatorConfig, TrainConfig
 
 TINY_MODEL = ModelConfig(
     preset="tiny",

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ddgan.training.data import BatchStream, DataError, StackedMNIST, build_dataset, detect_kind
+from ddgan.training.data import BatchStream, build_dataset, detect_kind
+from ddgan.training.datasets import ArrayImageDataset, DataError, StackedMNIST
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mnist.npz"
 
@@ -203,8 +204,6 @@ def test_lmdb_nvae_format(tmp_path: Path) -> None:
 
 
 def test_batch_stream_is_resumable_sharded_and_covers_epochs() -> None:
-    from ddgan.training.data import ArrayImageDataset
-
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 2, 2).contiguous()
     dataset = ArrayImageDataset(images)
     stream = BatchStream(dataset, 3, seed=5)
@@ -222,14 +221,34 @@ def test_batch_stream_is_resumable_sharded_and_covers_epochs() -> None:
         BatchStream(dataset, 11)
 
 
-def test_batch_stream_hflip_is_deterministic() -> None:
-    from ddgan.training.data import ArrayImageDataset
+def _decode(batch: torch.Tensor) -> list[tuple[int, bool]]:
+    """(image index, flipped) of each (1, 1, 2) image whose pixels are [i, 200 + i] unflipped."""
+    pixels = ((batch[:, 0, 0] + 1) * 127.5).round().long().tolist()
+    return [(left, False) if left < 200 else (right, True) for left, right in pixels]
 
-    images = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
-    images[:, :, :, 0] = 255  # left column white
-    stream = BatchStream(ArrayImageDataset(images, hflip=True), 4, seed=1)
-    batch = next(stream.batches(0))
-    flipped = batch[:, 0, 0, 0] == -1.0
-    _, flips = stream.epoch_plan(0)
-    assert flipped.tolist() == flips[0].tolist()
-    assert torch.equal(next(stream.batches(0)), batch)
+
+def test_flips_are_a_function_of_seed_rank_and_step_not_of_the_global_rng() -> None:
+    images = torch.stack([torch.tensor([[[i, 200 + i]]], dtype=torch.uint8) for i in range(16)])
+    dataset = ArrayImageDataset(images)
+    stream = BatchStream(dataset, 4, seed=3, hflip=True)  # 4 steps per epoch
+
+    torch.manual_seed(0)
+    run = [_decode(b) for _, b in zip(range(12), stream.batches(0), strict=False)]
+    torch.manual_seed(1)  # a resumed process: other global RNG state, starting at step 6
+    resumed = [_decode(b) for _, b in zip(range(6), stream.batches(6), strict=False)]
+    assert resumed == run[6:]
+    flips = [flip for batch in run for _, flip in batch]
+    assert 0 < sum(flips) < len(flips)  # some images mirrored, some not
+    assert [_decode(b) for _, b in zip(range(12), stream.batches(0), strict=False)] == run
+    order, mask = stream.epoch_plan(1)
+    assert run[4:8] == [list(zip(o.tolist(), m.tolist(), strict=True)) for o, m in zip(order, mask, strict=True)]
+    # each rank reads, and flips, its own share of the epoch's plan
+    for rank in (0, 1):
+        sharded = BatchStream(dataset, 2, seed=3, rank=rank, world_size=2, hflip=True)
+        order, mask = sharded.epoch_plan(0)
+        expected = [list(zip(o.tolist(), m.tolist(), strict=True)) for o, m in zip(order, mask, strict=True)]
+        assert [_decode(b) for _, b in zip(range(4), sharded.batches(0), strict=False)] == expected
+    plain = BatchStream(dataset, 4, seed=3)
+    assert not any(flip for _, b in zip(range(8), plain.batches(0), strict=False) for _, flip in _decode(b))
+    # items read from the dataset are never flipped, whatever the global RNG
+    assert all(_decode(dataset[i][None]) == [(i, False)] for i in range(16) for _ in range(3))

@@ -122,9 +122,10 @@ def test_eval_command_reports_fid_is_and_precision_recall(tmp_path):
 
     from ddgan.model.checkpoint import save_model
     from ddgan.model.config import get_preset
+    from ddgan.model.images import uint8_to_float
     from ddgan.model.sampler import random_generator
     from ddgan.training.eval_cli import register
-    from ddgan.training.evaluation import FeatureStats, uint8_to_unit
+    from ddgan.training.evaluation import FeatureStats
 
     config = get_preset("mnist")
     save_model(tmp_path / "model", config, random_generator(config).state_dict())
@@ -136,7 +137,7 @@ def test_eval_command_reports_fid_is_and_precision_recall(tmp_path):
     torch.save(net.state_dict(), tmp_path / WEIGHTS_NAME)
     reference = np.random.default_rng(0).integers(0, 256, (12, 28, 28), dtype=np.uint8)
     np.savez(tmp_path / "ref.npz", x_test=reference)
-    ref_features, _ = inception_outputs(net, uint8_to_unit(reference[..., None]))
+    ref_features, _ = inception_outputs(net, uint8_to_float(reference[..., None], channels_last=True))
     FeatureStats.of(ref_features.numpy()).save(str(tmp_path / "ref_stats.npz"))
 
     parser = argparse.ArgumentParser()

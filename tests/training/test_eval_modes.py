@@ -26,11 +26,11 @@ from ddgan.training.classifier import (
     train_classifier,
 )
 from ddgan.training.eval_cli import register
+from ddgan.training.evaluation import kl_to_uniform
 from ddgan.training.mode_coverage import (
     classifier_frechet,
     classify_samples,
     format_report,
-    kl_to_uniform,
     mode_report,
     perfect_sampler_kl,
     samples_by_class,

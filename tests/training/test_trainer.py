@@ -13,7 +13,7 @@ import torch
 from ddgan.model.checkpoint import load_model
 from ddgan.model.diffusion import SamplingChain
 from ddgan.model.noise import chain_noise, image_seeds
-from ddgan.training.data import ArrayImageDataset
+from ddgan.training.datasets import ArrayImageDataset
 from ddgan.training.trainer import Trainer
 from tests.training._trainer_setup import (
     one_thread,  # noqa: F401 (the fixture below)
@@ -115,9 +115,11 @@ def test_each_siddm_term_contributes_gradient(tmp_path: Path) -> None:
         "denoise": losses.LossWeights(lambda_afd=0.0, denoise_weight=1.0),
         "afd": losses.LossWeights(lambda_afd=1.0, denoise_weight=0.0),
     }
-    base = _grads(D, losses.siddm_discriminator_loss(G, D, schedule, x_0, noise, only["adversarial"], False)[0])
+    with torch.no_grad():
+        transition = losses.transition(G, schedule, x_0, noise)
+    base = _grads(D, losses.discriminator_loss(D, transition, x_0, only["adversarial"], False)[0])
     for term in ("denoise", "afd"):
-        full = _grads(D, losses.siddm_discriminator_loss(G, D, schedule, x_0, noise, only[term], False)[0])
+        full = _grads(D, losses.discriminator_loss(D, transition, x_0, only[term], False)[0])
         delta = {n: full[n] - base[n] for n in full}
         assert _norm(delta, "dense_out") > 0, f"D's {term} term gives no gradient to the dense heads"
         assert _norm(delta, "blocks") > 0, f"D's {term} term gives no gradient to the shared trunk"
@@ -125,8 +127,10 @@ def test_each_siddm_term_contributes_gradient(tmp_path: Path) -> None:
 
     for p in D.parameters():
         p.requires_grad_(False)
-    adv = _grads(G, losses.siddm_generator_loss(G, D, schedule, x_0, noise, only["adversarial"])[0])
-    with_afd = _grads(G, losses.siddm_generator_loss(G, D, schedule, x_0, noise, only["afd"])[0])
+    adv = _grads(
+        G, losses.generator_loss(D, losses.transition(G, schedule, x_0, noise), schedule, only["adversarial"])[0]
+    )
+    with_afd = _grads(G, losses.generator_loss(D, losses.transition(G, schedule, x_0, noise), schedule, only["afd"])[0])
     assert _norm(adv) > 0
     assert _norm({n: with_afd[n] - adv[n] for n in adv}) > 0
 
@@ -135,7 +139,8 @@ def test_afd_cross_entropy_is_one_half_per_pixel_for_true_pairs() -> None:
     """With an oracle G (x̂_0 = x_0), (x'_t, x_{t+1}) is a real pair: ‖x_{t+1} − √(1−β) x'_t‖²/(2β) = ε²/2 → 1/2."""
     from ddgan.model.diffusion import DiffusionSchedule
     from ddgan.training import losses
-    from ddgan.training.discriminator import Discriminator, DiscriminatorConfig
+    from ddgan.training.discriminator import Discriminator
+    from ddgan.training.train_config import DiscriminatorConfig
 
     x_0 = torch.rand(64, 1, 32, 32) * 2 - 1
 
@@ -146,7 +151,8 @@ def test_afd_cross_entropy_is_one_half_per_pixel_for_true_pairs() -> None:
     schedule = DiffusionSchedule(tiny_config().model.diffusion)
     D = Discriminator(DiscriminatorConfig(ngf=2, t_emb_dim=8, conditional=False, dense_heads=True), 1)
     noise = losses.draw_step_noise(11, 64, (1, 32, 32), 4, 4, torch.device("cpu"))
-    _, stats = losses.siddm_generator_loss(Oracle(), D, schedule, x_0, noise, losses.LossWeights())
+    transition = losses.transition(Oracle(), schedule, x_0, noise)
+    _, stats = losses.generator_loss(D, transition, schedule, losses.LossWeights())
     assert float(stats["g_afd_cross_entropy"]) == pytest.approx(0.5, abs=0.01)
 
 

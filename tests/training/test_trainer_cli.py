@@ -9,6 +9,7 @@ import pytest
 
 import ddgan.cli
 from ddgan.model.checkpoint import load_config
+from ddgan.model.config import ConfigError
 from ddgan.training.train_config import TrainConfig, recipe_for
 from tests.training._trainer_setup import (
     one_thread,  # noqa: F401 (the fixture below)
@@ -56,6 +57,17 @@ def test_official_recipes_per_preset() -> None:
     assert not siddm.discriminator.conditional and siddm.discriminator.dense_heads and siddm.lambda_afd == 1.0
 
 
+def test_max_steps_zero_is_refused_not_read_as_no_limit(tmp_path: Path, capsys) -> None:
+    for command in ("train", "train-ddpm"):
+        with pytest.raises(SystemExit) as exit_info:
+            ddgan.cli.main([command, "--data", "d.npz", "--out", str(tmp_path / "run"), "--max-steps", "0"])
+        assert exit_info.value.code == 2
+        assert "argument --max-steps: must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="max_steps must be >= 1"):
+        recipe_for("mnist").replace(max_steps=0)
+    assert recipe_for("mnist").max_steps is None  # no limit: all epochs
+
+
 def test_train_writes_the_resolved_recipe_resumes_and_exports(tmp_path: Path, capsys) -> None:
     data, out = write_tiny_npz(tmp_path / "digits.npz"), tmp_path / "run"
     common = ("--out", str(out), "--no-progress", "--threads", "1", "--sample-count", "4")
@@ -64,12 +76,19 @@ def test_train_writes_the_resolved_recipe_resumes_and_exports(tmp_path: Path, ca
     assert saved.batch_size == 4 and saved.max_steps == 1 and saved.lr_g == recipe_for("mnist").lr_g
     assert json.loads((out / "run.json").read_text())["data"] == str(data.resolve())
     assert load_config(out / "model").generator == saved.model.generator
+    assert any((out / "tensorboard").iterdir())
 
     with pytest.raises(SystemExit, match="already holds a run"):
         _train("--preset", "mnist", "--data", str(data), *common)
-    with pytest.raises(SystemExit, match="recipe is fixed"):
+    with pytest.raises(SystemExit, match="recipe is fixed.*got lr_g"):
         _train("--resume", "--lr-g", "1", *common)
-    assert _train("--resume", "--max-steps", "2", *common) == 0
+    capsys.readouterr()
+    assert _train("--resume", *common) == 0  # at its --max-steps: says so and how to extend it
+    assert "is finished (step 1 of 1); to train longer, resume with a larger --max-steps (now 1)" in (
+        capsys.readouterr().err
+    )
+    assert "resumed" not in json.loads((out / "run.json").read_text())  # nothing touched
+    assert _train("--resume", "--max-steps", "2", *common) == 0  # no --data: run.json has it
     assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 2
     assert len(json.loads((out / "run.json").read_text())["resumed"]) == 1
 
@@ -78,3 +97,48 @@ def test_train_writes_the_resolved_recipe_resumes_and_exports(tmp_path: Path, ca
     config = load_config(exported)
     assert "2 steps" in config.trained_on and "digits.npz" in config.trained_on
     assert "step 2" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_run_written_by_ddgan_serve_0_2_resumes_to_its_last_epoch(tmp_path: Path, capsys) -> None:
+    """0.2 wrote max_steps 0 for "no limit" and had no checkpoint_minutes; such a run still resumes."""
+    data, out = write_tiny_npz(tmp_path / "digits.npz", count=8), tmp_path / "run"
+    common = ("--out", str(out), "--no-progress", "--threads", "1", "--sample-count", "4")
+    new_run = ("--preset", "mnist", "--data", str(data), "--batch-size", "4", "--epochs", "2", "--max-steps", "1")
+    assert _train(*new_run, *common) == 0
+    legacy = json.loads((out / "train_config.json").read_text())
+    del legacy["checkpoint_minutes"]
+    legacy["max_steps"] = 0
+    (out / "train_config.json").write_text(json.dumps(legacy))
+    assert _train("--resume", *common) == 0  # 2 epochs of 2 steps
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 4
+    assert TrainConfig.from_json((out / "train_config.json").read_text()).max_steps is None
+    capsys.readouterr()
+    assert _train("--resume", *common) == 0
+    assert "finished (step 4 of 4); to train longer, resume with a larger --epochs (now 2)" in capsys.readouterr().err
+
+
+def test_one_vocabulary_across_the_training_commands() -> None:
+    import argparse
+
+    from ddgan.training import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    common = ["--threads", "2", "--no-progress"]
+    commands = {
+        "train": ["--out", "r", "--resume", "--max-steps", "5", "--time-limit", "1", "--checkpoint-minutes", "2"],
+        "train-ddpm": ["--out", "r", "--resume", "--max-steps", "5", "--time-limit", "1", "--checkpoint-minutes", "2"],
+        "train-classifier": ["--data", "m.npz", "--out", "c"],
+        "eval": ["--model", "m", "--classifier", "c"],
+        "toy": ["--max-steps", "5", "--num-timesteps", "2"],
+    }
+    for command, argv in commands.items():
+        args = parser.parse_args([command, *argv, *common])
+        assert args.threads == 2 and args.no_progress, command
+        if "--max-steps" in argv:
+            assert 5 in (getattr(args, "max_steps", None), getattr(args, "iterations", None)), command
+    # the names of ddgan-serve 0.2 still work where they differed
+    toy = parser.parse_args(["toy", "--iterations", "7", "--steps", "8"])
+    assert (toy.iterations, toy.num_timesteps, toy.threads) == (7, 8, 1)
+    assert parser.parse_args(["train-ddpm", "--out", "r", "--steps", "9"]).max_steps == 9
