@@ -103,7 +103,8 @@ def run(stage: str, plan: Plan, record: StageRecord) -> bool:
                 )
                 sampler = load_raw_sampler(registry, dataset, random_weights=True)
                 raw = raw_sampler_rates(sampler, [n], seconds=plan.raw_seconds)[n]
-                record.add(run=f"raw sampler batch {n}", p50_ms=n / raw * 1e3, images_per_s=raw)
+                record.add(run=f"raw sampler batch {n}", p50_ms=n / raw * 1e3, images_per_s=raw,
+                           note="ms: the mean per batch of sampler.sample, no HTTP or PNG")  # fmt: skip
         finally:
             log = workdir / "ddgan.server.log"
             if log.is_file():  # the server's own log goes into the stage's log
