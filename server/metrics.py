@@ -2,8 +2,8 @@
 docs/architecture.md), the serving layer and the batch queues call the methods below.
 
 Base units; labels are `model` (dataset), `sampler` (ddgan/ddpm) and `status` (HTTP code), plus the info
-gauge and the async jobs' `state` and `reason`. Each app owns its own `CollectorRegistry`, so several apps
-(tests) never collide.
+gauge, the async jobs' `state` and `reason` and the registry reloads' `result`. Each app owns its own
+`CollectorRegistry`, so several apps (tests) never collide.
 """
 
 from __future__ import annotations
@@ -74,6 +74,11 @@ class ServerMetrics:
             registry=registry,
         )
 
+        self._model_info_labels: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.reloads = Counter(
+            "ddgan_registry_reloads", "Registry reloads (SIGHUP, POST /admin/reload) by result", ["result"],
+            registry=registry,
+        )  # fmt: skip
         # Async jobs (server/jobs.py): `state` is a job state, `reason` why a job was dropped before a client did.
         self.jobs_submitted = Counter("ddgan_jobs_submitted", "Async jobs accepted", model, registry=registry)
         self.jobs_finished = Counter(
@@ -102,7 +107,10 @@ class ServerMetrics:
         return QueueMetrics(self, model, sampler)
 
     def set_model_info(self, model: str, sampler: str, backend: str, device: str, random_weights: bool) -> None:
-        self.model_info.labels(model, sampler, backend, device, "random" if random_weights else "real").set(1)
+        labels = (model, sampler, backend, device, "random" if random_weights else "real")
+        self.forget_model_info(model, sampler)  # a reloaded model may run elsewhere now: one series per model
+        self.model_info.labels(*labels).set(1)
+        self._model_info_labels[(model, sampler)] = labels
         # Series exported at 0 from the start: rate() cannot see the increase of a series whose first sample is
         # already non-zero, so a first burst of 503s would otherwise never reach the dashboard's error panel.
         for status in PREINITIALISED_STATUSES:
@@ -125,6 +133,15 @@ class ServerMetrics:
         for state, count in counts.items():
             self.jobs_held.labels(state).set(count)
         self.job_result_bytes.set(result_bytes)
+
+    def forget_model_info(self, model: str, sampler: str) -> None:
+        """A model left the registry (hot reload): it no longer counts as served."""
+        labels = self._model_info_labels.pop((model, sampler), None)
+        if labels is not None:
+            self.model_info.remove(*labels)
+
+    def registry_reload(self, result: str) -> None:
+        self.reloads.labels(result).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

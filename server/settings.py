@@ -34,6 +34,9 @@ class ServerSettings(BaseSettings):
     device: str | None = Field(default=None, description="override every model's device (cpu, cuda, cuda:1, auto)")
     backend: str | None = Field(default=None, description="override every DDGAN model's backend")
     api_key: SecretStr | None = Field(default=None, description="if set, /generate and /v1/models need `Bearer <key>`")
+    admin_key: SecretStr | None = Field(
+        default=None, description="enables POST /admin/reload for `Bearer <key>` (a key of its own, not api_key)"
+    )
     max_body_bytes: int = Field(default=16 * 1024, ge=256, description="largest accepted request body")
     max_images_per_request: int = Field(default=64, ge=1, le=4096, description="upper bound of `n`")
     request_timeout_s: float = Field(default=120.0, gt=0, description="deadline of a /generate request (504 past it)")
