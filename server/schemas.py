@@ -67,6 +67,11 @@ class ModelInfo(BaseModel):
     dtype: str
     weights: Literal["real", "random"] | None
     max_batch_images: int
+    micro_batch: int | None = Field(
+        description="rows of every forward pass (batch-invariant models; null: each batch runs whole)"
+    )
+    micro_batch_choice: str | None = Field(description="how micro_batch was chosen: measured at warm-up, registry")
+    warmup_ms_per_image: dict[str, float] | None = Field(description="warm-up: batch size -> ms per image")
     max_wait_ms: float
     max_queue_images: int
     queued_images: int
