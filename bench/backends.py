@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from ddgan.model.threads import set_threads
+
 logger = logging.getLogger(__name__)
 
 
@@ -76,7 +78,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per cell (compilation happens here)")
-    parser.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch and onnxruntime threads (default: the CPUs this process may use)",
+    )
     parser.add_argument("--workdir", help="where exported artifacts go (default: a temporary directory)")
     parser.add_argument("--json", help="also write the rows as JSON here")
     parser.set_defaults(handler=run)
@@ -185,8 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
     device = torch.device(args.device)
     batches = [int(b) for b in args.batch.split(",")]
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     names = args.backends.split(",") if args.backends else list(VARIANTS if device.type == "cuda" else CPU_DEFAULT)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -217,8 +223,8 @@ def run(args: argparse.Namespace) -> int:
             if variant.backend in ("onnxruntime", "tensorrt"):
                 directory = _loadable_dir(model_dir, workdir, variant, device, max(batches))
             options = dict(variant.options)
-            if variant.backend == "onnxruntime" and args.threads:
-                options["threads"] = args.threads
+            if variant.backend == "onnxruntime":
+                options["threads"] = threads
             sampler = open_sampler(
                 directory, backend=variant.backend, device=str(device), dtype=variant.dtype, options=options
             )

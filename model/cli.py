@@ -34,6 +34,9 @@ def register(subparsers: Any) -> None:
     sample.add_argument(
         "--backend", default="torch", help="torch (default), torch-compile, cuda-graphs, onnxruntime, tensorrt ..."
     )
+    sample.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: the CPUs this process may use)"
+    )
     sample.add_argument("--steps", type=int, default=None, help="DDPM only: denoising steps (default: the model's)")
     sample.add_argument(
         "--micro-batch",

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from ddgan.model.sampler import Sampler, SamplerInfo
+from ddgan.model.threads import set_threads
 from ddgan.server.batching import BatchQueue, DeadlineExceededError
 from ddgan.server.engine import ClientGoneError, Generated, ModelHandle, ModelState
 from ddgan.server.loader import (
@@ -107,8 +107,8 @@ class Runtime:
 
     # ----- lifecycle -----
     async def start(self) -> None:
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        threads = set_threads(self.settings.torch_threads)
+        logger.info("torch intra-op threads: %d (%s)", threads, "setting" if self.settings.torch_threads else "default")
         self._accepting = True
         # Missing weights are known at once (404 with the install command), not after the others have loaded.
         if not self.settings.random_weights:

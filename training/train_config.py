@@ -35,7 +35,7 @@ class LoopConfig(DictConfig):
     sample_seed: int = 0
     log_every: int = 50  # steps; TensorBoard scalars and the progress bar's numbers
     num_workers: int = 0  # DataLoader workers for on-disk datasets
-    num_threads: int = 0  # CPU: torch.set_num_threads (0: torch's default)
+    num_threads: int = 0  # CPU: torch.set_num_threads (0: ddgan.model.threads.default_threads())
 
     RESUMABLE: ClassVar[frozenset[str]] = frozenset()  # fields beyond the loop's a resumed run may change
 
