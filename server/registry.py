@@ -8,7 +8,7 @@ path = "mnist"             # model directory, relative to this file
 backend = "torch"          # ddgan: torch, cuda-graphs, torch-compile, onnxruntime, tensorrt
 backend_options = {}       # the backend's options, e.g. { compile_mode = "max-autotune" } for torch-compile
 device = "auto"            # auto (cuda if present), cpu, cuda, cuda:1 ...
-dtype = "float32"
+dtype = "float32"          # float16, bfloat16, auto (bf16 on bf16 GPUs and AMX CPUs, else float32)
 max_batch_images = 16      # images per batch
 max_wait_ms = 5            # how long a batch may wait to fill up
 max_queue_images = 256     # images waiting beyond this answer 503
@@ -50,7 +50,9 @@ class ModelEntry(BaseModel):
         default_factory=dict, description="the backend's options, e.g. compile_mode for torch-compile"
     )
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal["float32", "float16", "bfloat16", "auto"] = Field(
+        default="float32", description="auto: bfloat16 on bf16 GPUs and AMX CPUs, else float32 (model/dtypes.py)"
+    )
     max_batch_images: int = Field(default=16, ge=1, le=1024)
     max_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
     max_queue_images: int = Field(default=256, ge=1, le=1_000_000)

@@ -202,7 +202,9 @@ class Runtime:
         served.queue = queue
         queue.start()
         info = sampler.info
-        self.metrics.set_model_info(entry.dataset, entry.sampler, info.backend, info.device, info.random_weights)
+        self.metrics.set_model_info(
+            entry.dataset, entry.sampler, info.backend, info.device, info.dtype, info.random_weights
+        )
         served.state, served.reason = ModelState.READY, None
         logger.info(
             "%s ready: backend=%s device=%s dtype=%s weights=%s micro_batch=%s (%s) warm-up %s",

@@ -46,6 +46,7 @@ class GenerateResponse(BaseModel):
     channels: int
     backend: str
     device: str
+    dtype: str = Field(description="the dtype the network computed in (a registry `auto` resolved)")
     random_weights: bool = Field(description="true: untrained weights, for latency work only")
     images: list[str] = Field(description="base64-encoded PNGs, one per seed")
     latency_ms: LatencyMs

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddgan.model.dtypes import preferred_dtype
 from ddgan.server import warmup
 from ddgan.server.loader import load_entry
 from ddgan.server.registry import load_registry
@@ -52,8 +53,8 @@ def test_warm_up_serves_the_measured_size_and_images_stay_bit_identical(tiny_mod
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_models_endpoint_reports_the_micro_batch(tiny_models: Path, started) -> None:
-    registry = write_registry(tiny_models, ddpm={"micro_batch": 2})
+async def test_models_endpoint_reports_the_micro_batch_and_the_resolved_dtype(tiny_models: Path, started) -> None:
+    registry = write_registry(tiny_models, ddgan={"dtype": "auto"}, ddpm={"micro_batch": 2})
     client = await started(make_app(registry))
     models = {m["sampler"]: m for m in (await client.get("/v1/models")).json()["models"] if m["dataset"] == "mnist"}
     ddgan, ddpm = models["ddgan"], models["ddpm"]
@@ -68,3 +69,10 @@ async def test_models_endpoint_reports_the_micro_batch(tiny_models: Path, starte
     alone = (await client.post("/generate", json={"dataset": "mnist", "n": 1, "seed": 41})).json()
     many = (await client.post("/generate", json={"dataset": "mnist", "n": 7, "seed": 37})).json()
     assert many["seeds"][4] == 41 and many["images"][4] == alone["images"][0]
+    # dtype = "auto" is resolved once, and every report of it says what the network computes in.
+    resolved = preferred_dtype(torch.device("cpu"))
+    assert ddgan["dtype"] == alone["dtype"] == resolved and ddpm["dtype"] == "float32"
+    response = await client.post("/generate", json={"dataset": "mnist", "n": 1, "seed": 1})
+    assert response.headers["X-Dtype"] == resolved
+    metrics = (await client.get("/metrics")).text
+    assert f'ddgan_model_info{{backend="torch",device="cpu",dtype="{resolved}",model="mnist",sampler="ddgan"' in metrics
