@@ -273,7 +273,8 @@ def report(args: argparse.Namespace, url: str, levels: list[int]) -> int:
     body = {"dataset": args.dataset, "n": args.n}
     print(
         f"# ddgan bench serve: {args.dataset}, {models['ddgan']['weights']} weights, max_batch_images={max_batch}, "
-        f"micro_batch={models['ddgan'].get('micro_batch')} ({models['ddgan'].get('micro_batch_choice')})"
+        f"micro_batch={models['ddgan'].get('micro_batch')} ({models['ddgan'].get('micro_batch_choice')}); "
+        f"warm-up ms/image by batch size: {models['ddgan'].get('warmup_ms_per_image')}"
     )
     print(f"machine: {machine()}\n")
 

@@ -107,7 +107,7 @@ class TrainConfig(LoopConfig):
     lambda_afd: float = 1.0  # SIDDM only
     denoise_weight: float = 1.0  # SIDDM only: the discriminator's denoising regulariser
     seed: int = 1024
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (bf16: autocast on either)
 
     RESUMABLE: ClassVar[frozenset[str]] = frozenset({"num_epochs"})
 
