@@ -68,8 +68,8 @@ class ServerMetrics:
         self.queued_images = Gauge("ddgan_queued_images", "Images waiting for a batch", model, registry=registry)
         self.model_info = Gauge(
             "ddgan_model_info",
-            "Served models (=1): backend, device and whether the weights are real or random",
-            [*model, "backend", "device", "weights"],
+            "Served models (=1): backend, device, the dtype it computes in and whether the weights are real or random",
+            [*model, "backend", "device", "dtype", "weights"],
             registry=registry,
         )
 
@@ -86,8 +86,11 @@ class ServerMetrics:
     def queue_observer(self, model: str, sampler: str) -> QueueMetrics:
         return QueueMetrics(self, model, sampler)
 
-    def set_model_info(self, model: str, sampler: str, backend: str, device: str, random_weights: bool) -> None:
-        self.model_info.labels(model, sampler, backend, device, "random" if random_weights else "real").set(1)
+    def set_model_info(
+        self, model: str, sampler: str, backend: str, device: str, dtype: str, random_weights: bool
+    ) -> None:
+        weights = "random" if random_weights else "real"
+        self.model_info.labels(model, sampler, backend, device, dtype, weights).set(1)
         # Series exported at 0 from the start: rate() cannot see the increase of a series whose first sample is
         # already non-zero, so a first burst of 503s would otherwise never reach the dashboard's error panel.
         for status in PREINITIALISED_STATUSES:

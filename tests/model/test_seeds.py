@@ -71,6 +71,15 @@ def test_micro_batch_makes_an_image_bit_identical_alone_or_in_any_batch(sampler:
     torch.testing.assert_close(batch, sampler.sample([10, 11, 12, 13, 14, 15]), rtol=0, atol=1e-5)
 
 
+def test_with_micro_batch_is_a_new_sampler_on_the_same_chain(sampler: Sampler, tiny_model_dir: Path) -> None:
+    exact = sampler.with_micro_batch(3)
+    assert exact.info.micro_batch == 3 and sampler.info.micro_batch is None  # the original is unchanged
+    assert exact.info == open_sampler(tiny_model_dir, micro_batch=3).info
+    batch = exact.sample([20, 21, 22, 23, 24])
+    assert torch.equal(exact.sample([24]), batch[4:5])  # alone = in the second, padded micro-batch
+    assert torch.equal(batch, open_sampler(tiny_model_dir, micro_batch=3).sample([20, 21, 22, 23, 24]))
+
+
 def test_without_micro_batch_an_image_alone_matches_its_batch_to_float_rounding(sampler: Sampler) -> None:
     batch = sampler.sample([20, 21, 22, 23, 24])
     torch.testing.assert_close(sampler.sample([22])[0], batch[2], rtol=0, atol=1e-5)
