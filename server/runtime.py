@@ -32,7 +32,7 @@ from ddgan.server.metrics import ServerMetrics
 from ddgan.server.registry import ModelEntry, Registry
 from ddgan.server.settings import ServerSettings
 from ddgan.server.warmup import warm_up, without_warm_up
-from ddgan.server.work import ImageWork, run_image_batch
+from ddgan.server.work import ImageWork, WorkProgress, run_image_batch
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,16 @@ class ServedModel:
         return self.queue.queued_units if self.queue else 0
 
     async def generate(
-        self, seeds: list[int], steps: int, deadline: float, client_gone: Callable[[], Awaitable[Any]]
+        self,
+        seeds: list[int],
+        steps: int,
+        deadline: float,
+        client_gone: Callable[[], Awaitable[Any]],
+        progress: WorkProgress | None = None,
     ) -> Generated:
         """Queue the images, wait for them (deadline, disconnect), cancel what is left when giving up."""
         assert self.queue is not None
-        ticket = self.queue.submit(ImageWork(seeds, steps), len(seeds), steps, deadline)
+        ticket = self.queue.submit(ImageWork(seeds, steps, progress), len(seeds), steps, deadline)
         watcher: asyncio.Future[Any] = asyncio.ensure_future(client_gone())
         try:
             done, _ = await asyncio.wait(

@@ -50,6 +50,12 @@ class ServerSettings(BaseSettings):
         "quota: more threads than CPUs preempt each other, see ddgan.model.threads)",
     )
     log_level: str = Field(default="info", description="uvicorn and server log level")
+    jobs_max: int = Field(default=64, ge=1, le=100_000, description="async jobs held at once (any state)")
+    jobs_ttl_s: float = Field(default=600.0, gt=0, description="how long a finished job and its result are kept")
+    jobs_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1, description="raw image bytes of finished job results kept at once"
+    )
+    jobs_timeout_s: float = Field(default=3600.0, gt=0, description="deadline of one async job, queueing included")
 
     @field_validator("device", "backend")
     @classmethod
