@@ -45,6 +45,8 @@ class ModelHandle(Protocol):
     entry: ModelEntry
     state: ModelState
     reason: str | None
+    micro_batch_choice: str | None  # how a batch-invariant model's forward size was chosen
+    warmup: dict[int, float]  # batch size -> seconds of one warm-up call
 
     @property
     def info(self) -> SamplerInfo | None: ...

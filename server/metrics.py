@@ -69,8 +69,8 @@ class ServerMetrics:
         self.queued_images = Gauge("ddgan_queued_images", "Images waiting for a batch", model, registry=registry)
         self.model_info = Gauge(
             "ddgan_model_info",
-            "Served models (=1): backend, device and whether the weights are real or random",
-            [*model, "backend", "device", "weights"],
+            "Served models (=1): backend, device, the dtype it computes in and whether the weights are real or random",
+            [*model, "backend", "device", "dtype", "weights"],
             registry=registry,
         )
 
@@ -106,8 +106,10 @@ class ServerMetrics:
     def queue_observer(self, model: str, sampler: str) -> QueueMetrics:
         return QueueMetrics(self, model, sampler)
 
-    def set_model_info(self, model: str, sampler: str, backend: str, device: str, random_weights: bool) -> None:
-        labels = (model, sampler, backend, device, "random" if random_weights else "real")
+    def set_model_info(
+        self, model: str, sampler: str, backend: str, device: str, dtype: str, random_weights: bool
+    ) -> None:
+        labels = (model, sampler, backend, device, dtype, "random" if random_weights else "real")
         self.forget_model_info(model, sampler)  # a reloaded model may run elsewhere now: one series per model
         self.model_info.labels(*labels).set(1)
         self._model_info_labels[(model, sampler)] = labels

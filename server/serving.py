@@ -209,6 +209,7 @@ class GenerationService:
             "X-Seed": str(seed),
             "X-Image-Count": str(len(seeds)),
             "X-Weights": "random" if info.random_weights else "real",
+            "X-Dtype": info.dtype,
         }
         channels, height, width = images.shape[3], images.shape[1], images.shape[2]
         payload = GenerateResponse(
@@ -223,6 +224,7 @@ class GenerationService:
             channels=channels,
             backend=info.backend,
             device=info.device,
+            dtype=info.dtype,
             random_weights=info.random_weights,
             images=[],
             latency_ms=latency,
