@@ -13,7 +13,7 @@ from ddgan.server.errors import install_error_handlers
 from ddgan.server.metrics import UNKNOWN, ServerMetrics
 from ddgan.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from ddgan.server.registry import Registry, load_registry
-from ddgan.server.routes import generate, health, models
+from ddgan.server.routes import generate, health, images, models
 from ddgan.server.runtime import LoadModel, Runtime
 from ddgan.server.serving import GenerationService
 from ddgan.server.settings import ServerSettings
@@ -67,6 +67,7 @@ def create_app(
 
     install_error_handlers(app, on_error=count_rejected)
     app.include_router(generate.router)
+    app.include_router(images.router)
     app.include_router(models.router)
     app.include_router(health.router)
     # Last added is outermost: the request context wraps the body limit, so a 413 also carries X-Request-ID.
