@@ -13,7 +13,7 @@ from ddgan.server.errors import install_error_handlers
 from ddgan.server.metrics import UNKNOWN, ServerMetrics
 from ddgan.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from ddgan.server.registry import Registry, load_registry
-from ddgan.server.routes import generate, health, images, models
+from ddgan.server.routes import generate, health, images, models, playground
 from ddgan.server.runtime import LoadModel, Runtime
 from ddgan.server.serving import GenerationService
 from ddgan.server.settings import ServerSettings
@@ -70,6 +70,7 @@ def create_app(
     app.include_router(images.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(playground.router)
     # Last added is outermost: the request context wraps the body limit, so a 413 also carries X-Request-ID.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
