@@ -1,7 +1,8 @@
 """The images of a request's seeds, PNG cache first: only the seeds it misses go to the model's queue.
 
-Used by /generate and /v1/images alike (server/serving.py), so a seed seen by either costs no sampler time the
-next time. Fresh images are encoded once, per image, and kept in the cache; a grid decodes the cached ones.
+Used by /generate and /v1/images alike (server/serving.py), and fed by async jobs' results, so a seed seen by
+any of them costs no sampler time the next time. Fresh images are encoded once, per image, and kept in the
+cache; a grid decodes the cached ones.
 """
 
 from __future__ import annotations
@@ -74,13 +75,40 @@ async def seed_images(
         empty = np.zeros((0, *info.image_shape[1:], info.image_shape[0]), np.uint8)
         return SeedImages(addresses, [png for png in found if png is not None], empty, [], 0.0, 0.0, 0.0)
     result = await generate([seeds[position] for position in missed])
-    started = time.perf_counter()
-    fresh = await encode_pngs(result.images, pool, workers, png_level)
-    png_s = time.perf_counter() - started
+    fresh, png_s = await _encode(result, [addresses[p] for p in missed], cache if use.write else None, pool, workers)
     pngs = list(found)
     for position, png in zip(missed, fresh, strict=True):
-        if use.write:
-            cache.store(addresses[position], png)
         pngs[position] = png
     complete = [png for png in pngs if png is not None]
     return SeedImages(addresses, complete, result.images, missed, result.queue_s, result.inference_s, png_s)
+
+
+async def encoded_images(
+    dataset: str,
+    info: SamplerInfo,
+    seeds: list[int],
+    steps: int,
+    result: Generated,
+    cache: PngCache,
+    pool: Executor,
+    workers: int,
+    png_level: int,
+) -> SeedImages:
+    """Images generated elsewhere (an async job's), encoded and kept in the cache."""
+    addresses = [ImageAddress.of(dataset, info, seed, steps, png_level) for seed in seeds]
+    pngs, png_s = await _encode(result, addresses, cache, pool, workers)
+    every = list(range(len(seeds)))
+    return SeedImages(addresses, pngs, result.images, every, result.queue_s, result.inference_s, png_s)
+
+
+async def _encode(
+    result: Generated, addresses: list[ImageAddress], cache: PngCache | None, pool: Executor, workers: int
+) -> tuple[list[bytes], float]:
+    """One PNG per generated image (kept in `cache` unless None), and the seconds it took."""
+    started = time.perf_counter()
+    pngs = await encode_pngs(result.images, pool, workers, addresses[0].png_level)
+    png_s = time.perf_counter() - started
+    if cache is not None:
+        for address, png in zip(addresses, pngs, strict=True):
+            cache.store(address, png)
+    return pngs, png_s

@@ -28,7 +28,7 @@ from ddgan.server.errors import APIError
 from ddgan.server.metrics import UNKNOWN, ServerMetrics
 from ddgan.server.png_cache import IMMUTABLE, CacheUse, ImageAddress, PngCache, none_match
 from ddgan.server.schemas import GenerateRequest, GenerateResponse, LatencyMs
-from ddgan.server.seed_images import SeedImages, seed_images
+from ddgan.server.seed_images import SeedImages, encoded_images, seed_images
 from ddgan.server.settings import ServerSettings
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request": only ever seen in metrics and logs
@@ -52,6 +52,17 @@ class ImageAnswer:
     png: bytes | None
     headers: dict[str, str]
     server_timing: list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request checked against its model: what to queue."""
+
+    model: ModelHandle
+    info: SamplerInfo
+    seeds: list[int]
+    steps: int
+    seed: int
 
 
 def invalid(field: str, message: str) -> APIError:
@@ -108,6 +119,14 @@ class GenerationService:
             raise
         finally:
             self.metrics.observe_request(*labels, status, time.perf_counter() - started)
+
+    def admit(self, body: GenerateRequest) -> Admitted:
+        """The model and checked seeds/steps of a request (an async job's), or the APIError /generate answers."""
+        served = self._served_model(body.dataset, body.sampler)
+        info = served.info
+        assert info is not None
+        seeds, steps, seed = self._check(body, served, info)
+        return Admitted(served, info, seeds, steps, seed)
 
     def _served_model(self, dataset: str, sampler: str) -> ModelHandle:
         engine = self.engine
@@ -253,6 +272,27 @@ class GenerationService:
         finally:
             self.metrics.observe_image_request(*labels, status)
 
+    async def render(
+        self,
+        body: GenerateRequest,
+        info: SamplerInfo,
+        media_type: str,
+        request_id: str,
+        seeds: list[int],
+        steps: int,
+        seed: int,
+        result: Generated,
+        started: float,
+    ) -> Rendered:
+        """Encode generated images as `media_type` (an async job's result); `started` is perf_counter time.
+        Their PNGs join the cache, so a job's seeds cost no sampler time in a later request either."""
+        settings = self.settings
+        images = await encoded_images(
+            body.dataset, info, seeds, steps, result, self.cache, self.png_pool,
+            settings.png_workers, settings.png_compress_level,
+        )  # fmt: skip
+        return await self._render(body, info, media_type, request_id, seeds, steps, seed, images, started)
+
     async def _render(
         self,
         body: GenerateRequest,
@@ -286,6 +326,7 @@ class GenerationService:
             "X-Image-Count": str(len(seeds)),
             "X-Cached-Images": str(result.cached),
             "X-Weights": "random" if info.random_weights else "real",
+            "X-Dtype": info.dtype,
         }
         channels, height, width = info.image_shape
         payload = GenerateResponse(
@@ -300,6 +341,7 @@ class GenerationService:
             channels=channels,
             backend=info.backend,
             device=info.device,
+            dtype=info.dtype,
             random_weights=info.random_weights,
             cached=result.cached,
             images=[],

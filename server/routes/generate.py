@@ -33,7 +33,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {PNG: {}, ZIP: {}},
         "description": "JSON with base64 PNGs (default), one grid PNG (Accept: image/png) or a ZIP of PNGs "
         "(Accept: application/zip). Headers: X-Request-ID, Server-Timing, X-Seed, X-Image-Count, X-Cached-Images, "
-        "X-Weights. Images of seeds seen before come from the PNG cache; `Cache-Control: no-cache` regenerates them.",
+        "X-Weights, X-Dtype. Images of seeds seen before come from the PNG cache; `Cache-Control: no-cache` "
+        "regenerates them.",
     },
 }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ddgan.client import AsyncClient, Client, InvalidRequestError, NotFoundError
+from ddgan.client import AsyncClient, Client, InvalidRequestError, JobFailedError, NotFoundError
 from tests.server.conftest import build_tiny_models
 from tests.server.test_uvicorn import REPO, Server, uvicorn_registry
 
@@ -58,6 +58,23 @@ def test_sync_and_async_clients_give_the_servers_images(server):
     assert asyncio.run(in_async()) == generation.images
 
 
+def test_client_jobs_against_the_server(server):
+    with Client(server.url) as client:
+        job = client.jobs.submit("mnist", n=2, seed=60, sampler="ddpm", steps=5)
+        assert job.state in ("queued", "running") and job.progress.steps_total == 10
+        updates: list[tuple[str, int]] = []
+        done = client.jobs.wait(job, progress=lambda j: updates.append((j.state, j.progress.steps_done)))
+        assert done.state == "succeeded" and updates[-1] == ("succeeded", 10)
+        assert [steps for _, steps in updates] == sorted(steps for _, steps in updates)  # progress only grows
+        result = client.jobs.result(job.id)
+        assert result.seeds == [60, 61] and result.steps == 5
+        assert result.images == [client.image("mnist", s, sampler="ddpm", steps=5).png for s in (60, 61)]
+        cancelled = client.jobs.cancel(client.jobs.submit("mnist", n=8, seed=70, sampler="ddpm", steps=50).id)
+        assert cancelled.state == "cancelled"
+        with pytest.raises(JobFailedError, match="cancelled"):
+            client.jobs.wait(cancelled)
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "DDGAN_API_KEY"}
     command = [sys.executable, "-m", "ddgan", "generate", *args]
@@ -75,10 +92,11 @@ def test_cli_generate_writes_one_png_per_seed(server, tmp_path):
     assert [(out / name).read_bytes() for name in names] == expected
     assert "4 images (mnist/ddgan, 2 steps, seeds 7..10)" in done.stdout
 
-    # DDPM runs as a job (a server without the jobs API answers it with one /generate).
+    # DDPM runs as a job, with a progress bar of its denoising steps.
     ddpm = run_cli("--url", server.url, "--dataset", "mnist", "--sampler", "ddpm", "--steps", "2", "-n", "2",
-                   "--seed", "3", "-o", str(out), "--no-progress")  # fmt: skip
+                   "--seed", "3", "-o", str(out))  # fmt: skip
     assert ddpm.returncode == 0, ddpm.stderr
+    assert "4/4" in ddpm.stderr and "step" in ddpm.stderr and "succeeded" in ddpm.stderr
     with Client(server.url) as client:
         assert (out / "mnist-ddpm-seed4.png").read_bytes() == client.image("mnist", 4, sampler="ddpm", steps=2).png
 
