@@ -19,7 +19,7 @@ from ddgan.server.metrics import UNKNOWN, ServerMetrics
 from ddgan.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from ddgan.server.registry import Registry, load_registry
 from ddgan.server.reload import RegistryReloader, install_sighup
-from ddgan.server.routes import admin, generate, health, models
+from ddgan.server.routes import admin, generate, health, images, models, playground
 from ddgan.server.routes import jobs as jobs_routes
 from ddgan.server.runtime import LoadModel, Runtime
 from ddgan.server.serving import GenerationService
@@ -89,10 +89,12 @@ def create_app(
 
     install_error_handlers(app, on_error=count_rejected)
     app.include_router(generate.router)
+    app.include_router(images.router)
     app.include_router(jobs_routes.router)
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(admin.router)
+    app.include_router(playground.router)
     # Last added is outermost: the request context wraps the body limit, so a 413 also carries X-Request-ID.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)

@@ -67,6 +67,23 @@ class ServerMetrics:
         )
         self.in_flight = Gauge("ddgan_requests_in_flight", "/generate requests being served", model, registry=registry)
         self.queued_images = Gauge("ddgan_queued_images", "Images waiting for a batch", model, registry=registry)
+        self.image_requests = Counter(
+            "ddgan_image_requests",
+            "GET /v1/images requests by HTTP status (304: the client's copy is current)",
+            [*model, "status"],
+            registry=registry,
+        )
+        self.png_cache_hits_total = Counter(
+            "ddgan_png_cache_hits", "Images answered from the PNG cache (no sampler time)", model, registry=registry
+        )
+        self.png_cache_misses_total = Counter(
+            "ddgan_png_cache_misses", "Images not in the PNG cache (generated)", model, registry=registry
+        )
+        self.png_cache_evictions = Counter(
+            "ddgan_png_cache_evictions", "PNGs evicted to stay within the byte budget", model, registry=registry
+        )
+        self.png_cache_bytes = Gauge("ddgan_png_cache_bytes", "Bytes of PNGs held by the cache", registry=registry)
+        self.png_cache_entries = Gauge("ddgan_png_cache_entries", "PNGs held by the cache", registry=registry)
         self.model_info = Gauge(
             "ddgan_model_info",
             "Served models (=1): backend, device, the dtype it computes in and whether the weights are real or random",
@@ -103,6 +120,23 @@ class ServerMetrics:
     def observe_png_encode(self, model: str, sampler: str, seconds: float) -> None:
         self.png_encode.labels(model, sampler).observe(seconds)
 
+    def observe_image_request(self, model: str, sampler: str, status: int) -> None:
+        self.image_requests.labels(model, sampler, str(status)).inc()
+
+    # ----- the PNG cache (server.png_cache.CacheObserver) -----
+    def png_cache_hits(self, model: str, sampler: str, count: int) -> None:
+        self.png_cache_hits_total.labels(model, sampler).inc(count)
+
+    def png_cache_misses(self, model: str, sampler: str, count: int) -> None:
+        self.png_cache_misses_total.labels(model, sampler).inc(count)
+
+    def png_cache_evicted(self, model: str, sampler: str) -> None:
+        self.png_cache_evictions.labels(model, sampler).inc()
+
+    def png_cache_size(self, entries: int, size_bytes: int) -> None:
+        self.png_cache_entries.set(entries)
+        self.png_cache_bytes.set(size_bytes)
+
     def queue_observer(self, model: str, sampler: str) -> QueueMetrics:
         return QueueMetrics(self, model, sampler)
 
@@ -118,6 +152,8 @@ class ServerMetrics:
         for status in PREINITIALISED_STATUSES:
             self.requests.labels(model, sampler, status)
         self.in_flight.labels(model, sampler)
+        for series in (self.png_cache_hits_total, self.png_cache_misses_total, self.png_cache_evictions):
+            series.labels(model, sampler)
 
     def job_submitted(self, model: str, sampler: str) -> None:
         self.jobs_submitted.labels(model, sampler).inc()
