@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
 from ddgan.export.backends import register as register_backends
+from ddgan.server.engine import Engine
 from ddgan.server.errors import install_error_handlers
 from ddgan.server.metrics import UNKNOWN, ServerMetrics
 from ddgan.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -19,6 +20,9 @@ from ddgan.server.serving import GenerationService
 from ddgan.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
+
+# Builds the engine behind the routes: the in-process `Runtime` by default, `RayEngine` under Ray Serve.
+EngineFactory = Callable[[ServerSettings, Registry, ServerMetrics], Engine]
 
 DESCRIPTION = """Few-step image generation (DDGAN) with a DDPM baseline, dynamically batched per model.
 
@@ -34,13 +38,21 @@ def create_app(
     *,
     registry: Registry | None = None,
     load_model: LoadModel | None = None,
+    engine_factory: EngineFactory | None = None,
 ) -> FastAPI:
-    """Build the app; `registry` defaults to `settings.registry`, `load_model` to `server.loader.load_entry`."""
+    """Build the app; `registry` defaults to `settings.registry`, `load_model` to `server.loader.load_entry`,
+    the engine to the in-process `Runtime` (with `load_model`)."""
     settings = settings or ServerSettings()
     registry = registry or load_registry(settings.registry)
     metrics = ServerMetrics()
     register_backends()
-    engine = Runtime(settings, registry, metrics, load_model) if load_model else Runtime(settings, registry, metrics)
+    engine: Engine
+    if engine_factory is not None:
+        engine = engine_factory(settings, registry, metrics)
+    elif load_model is not None:
+        engine = Runtime(settings, registry, metrics, load_model)
+    else:
+        engine = Runtime(settings, registry, metrics)
     service = GenerationService(engine, settings, metrics)
 
     @asynccontextmanager

@@ -190,6 +190,8 @@ class GenerationService:
             "X-Image-Count": str(len(seeds)),
             "X-Weights": "random" if info.random_weights else "real",
         }
+        if result.replica is not None:
+            headers["X-Replica"] = result.replica
         channels, height, width = images.shape[3], images.shape[1], images.shape[2]
         payload = GenerateResponse(
             request_id=request_id,
