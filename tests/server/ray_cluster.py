@@ -75,9 +75,7 @@ def _ray_start(args: list[str], ip: str, temp_dir: Path, cpus: int) -> None:
         "--num-cpus", str(cpus), "--num-gpus", "0", "--object-store-memory", str(150 * 1024 * 1024),
         "--temp-dir", str(temp_dir), "--disable-usage-stats", *ports,
     ]  # fmt: skip
-    result = subprocess.run(
-        command, env={**os.environ, **CLUSTER_ENV}, capture_output=True, text=True, timeout=180
-    )
+    result = subprocess.run(command, env={**os.environ, **CLUSTER_ENV}, capture_output=True, text=True, timeout=180)
     if result.returncode != 0:
         raise RuntimeError(f"ray start failed:\n{result.stdout}\n{result.stderr}")
 
