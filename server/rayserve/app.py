@@ -107,7 +107,8 @@ class Ingress:
         self.hub = hub
 
     def __serve_build_asgi_app__(self) -> WithoutOwnRequestId:
-        factory = functools.partial(RayEngine, deployments=self.deployments, hub=self.hub, replica=replica_name())
+        replica = replica_name(INGRESS)
+        factory = functools.partial(RayEngine, deployments=self.deployments, hub=self.hub, replica=replica)
         return WithoutOwnRequestId(create_app(self.settings, registry=self.registry, engine_factory=factory))
 
 

@@ -34,6 +34,10 @@ from ddgan.server.settings import ServerSettings
 logger = logging.getLogger(__name__)
 
 STATUS_INTERVAL_S = 1.0
+STATUS_TIMEOUT_S = 5.0
+# A model is reported not running only when no replica has answered a status call for this long: one slow
+# answer on a loaded host must not turn a serving model away.
+UNSEEN_AFTER_S = 15.0
 # A replica lost under a request (process killed, node gone): the request runs again elsewhere, this often.
 RETRIES_ON_REPLICA_LOSS = 2
 REPLICA_LOST = (ray_exceptions.RayActorError,)  # ActorDiedError, ActorUnavailableError
@@ -54,6 +58,7 @@ class RayModelHandle:
         self._info: SamplerInfo | None = None
         self._queued_units = 0
         self._request_s: float | None = None  # recent seconds per request: the Retry-After of Serve's backpressure
+        self._seen_at: float | None = None  # time.monotonic() of the last status answer
 
     @property
     def info(self) -> SamplerInfo | None:
@@ -71,9 +76,10 @@ class RayModelHandle:
             status: ReplicaStatus = await asyncio.wait_for(_result(response), timeout_s)
         except (TimeoutError, *REPLICA_LOST, DeploymentUnavailableError) as exc:
             response.cancel()
-            if self.state is ModelState.READY or self._info is None:
+            if self._seen_at is None or time.monotonic() - self._seen_at > UNSEEN_AFTER_S:
                 self.state, self.reason = ModelState.LOADING, f"no replica is running: {type(exc).__name__}"
             return
+        self._seen_at = time.monotonic()
         self._info, self._queued_units = status.info, status.queued_units
         self.state, self.reason = status.state, status.reason
 
@@ -175,7 +181,7 @@ class RayEngine:
     async def _poll(self) -> None:
         while True:
             served = [m for m in self.models.values() if m.deployment is not None]
-            await asyncio.gather(*(m.refresh(timeout_s=STATUS_INTERVAL_S) for m in served))
+            await asyncio.gather(*(m.refresh(timeout_s=STATUS_TIMEOUT_S) for m in served))
             for model in served:
                 if model.state is ModelState.READY and model.info is not None:
                     info = model.info

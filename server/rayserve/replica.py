@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import ray
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from ddgan.export.backends import register as register_backends
 from ddgan.model.sampling import SamplerInfo
@@ -59,10 +60,17 @@ class ReplicaStatus:
     queued_units: int
 
 
-def replica_name() -> str:
+def replica_name(deployment: str) -> str:
     """`<deployment>#<replica id>`: the `X-Replica` header and the metrics' `replica` label."""
-    context = serve.get_replica_context()
+    try:
+        context = serve.get_replica_context()
+    except RayServeException:  # Serve's local testing mode runs deployments in the driver, outside replicas
+        return f"{deployment}#local-{os.getpid()}"
     return f"{context.deployment}#{context.replica_id.unique_id}"
+
+
+def node_id() -> str:
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
 class ModelReplica:
@@ -72,8 +80,8 @@ class ModelReplica:
     async def __init__(self, entry: ModelEntry, settings: ServerSettings, hub: Any) -> None:  # type: ignore[misc]
         self.entry = entry
         self.settings = settings
-        self.name = replica_name()
-        self.node = ray.get_runtime_context().get_node_id()
+        self.name = replica_name(self.entry.name.replace("/", "-"))
+        self.node = node_id()
         register_backends()
         self.metrics = ServerMetrics()
         self.runtime = Runtime(self.settings, Registry(models=[self.entry]), self.metrics)

@@ -92,7 +92,7 @@ def two_replicas(cluster: tuple[Cluster, str, Path]) -> tuple[str, Path]:
     registry = write_registry(root, scaling)
     deploy(registry, APP, "/")
     with httpx.Client(base_url=url, timeout=10) as client:
-        wait_until(lambda: client.get("/readyz").status_code == 200, 180, "the ingress is ready")
+        wait_until(lambda: client.get("/readyz").status_code == 200, 300, "the ingress is ready")
     return url, registry
 
 
@@ -233,7 +233,7 @@ async def test_autoscaling_one_two_one(cluster: tuple[Cluster, str, Path]) -> No
     deploy(write_registry(root, scaling), AUTO_APP, "/auto")
     auto = f"{url}/auto"
     with httpx.Client(base_url=auto, timeout=10) as client:
-        wait_until(lambda: client.get("/readyz").status_code == 200, 180, "the autoscaled app is ready")
+        wait_until(lambda: client.get("/readyz").status_code == 200, 300, "the autoscaled app is ready")
     assert replica_count(AUTO_APP) == 1
 
     stop = asyncio.Event()
