@@ -30,6 +30,7 @@ from ddgan.server.rayserve.metrics_hub import MetricsPusher
 from ddgan.server.rayserve.replica import Outcome, ReplicaStatus
 from ddgan.server.registry import ModelEntry, Registry
 from ddgan.server.settings import ServerSettings
+from ddgan.server.work import WorkProgress
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class RayModelHandle:
         self._queued_units = 0
         self._request_s: float | None = None  # recent seconds per request: the Retry-After of Serve's backpressure
         self._seen_at: float | None = None  # time.monotonic() of the last status answer
+        self.micro_batch_choice: str | None = None
+        self.warmup: dict[int, float] = {}
 
     @property
     def info(self) -> SamplerInfo | None:
@@ -81,11 +84,18 @@ class RayModelHandle:
             return
         self._seen_at = time.monotonic()
         self._info, self._queued_units = status.info, status.queued_units
+        self.micro_batch_choice, self.warmup = status.micro_batch_choice, status.warmup
         self.state, self.reason = status.state, status.reason
 
     async def generate(
-        self, seeds: list[int], steps: int, deadline: float, client_gone: Callable[[], Awaitable[Any]]
+        self,
+        seeds: list[int],
+        steps: int,
+        deadline: float,
+        client_gone: Callable[[], Awaitable[Any]],
+        progress: WorkProgress | None = None,
     ) -> Generated:
+        """`progress` (async jobs) hears of the images when the replica's answer arrives, not step by step."""
         assert self.deployment is not None
         started = time.monotonic()
         for attempt in range(RETRIES_ON_REPLICA_LOSS + 1):
@@ -101,7 +111,11 @@ class RayModelHandle:
             except BackPressureError:
                 raise QueueFullError(self._queued_units, self._retry_after_s()) from None
             self._request_s = time.monotonic() - started
-            return _generated(outcome)
+            generated = _generated(outcome)
+            if progress is not None:
+                progress.batch_started(len(seeds))
+                progress.images_done(len(seeds))
+            return generated
         raise BatchFailedError(f"the replicas serving this request were lost: {type(lost).__name__}")
 
     async def _call(
@@ -186,7 +200,12 @@ class RayEngine:
                 if model.state is ModelState.READY and model.info is not None:
                     info = model.info
                     self.metrics.set_model_info(
-                        model.entry.dataset, model.entry.sampler, info.backend, info.device, info.random_weights
+                        model.entry.dataset,
+                        model.entry.sampler,
+                        info.backend,
+                        info.device,
+                        info.dtype,
+                        info.random_weights,
                     )
             await asyncio.sleep(STATUS_INTERVAL_S)
 

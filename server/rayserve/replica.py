@@ -58,6 +58,8 @@ class ReplicaStatus:
     reason: str | None
     info: SamplerInfo | None
     queued_units: int
+    micro_batch_choice: str | None
+    warmup: dict[int, float]
 
 
 def replica_name(deployment: str) -> str:
@@ -124,7 +126,15 @@ class ModelReplica:
     def status(self) -> ReplicaStatus:
         served = self.runtime.models[self.entry.key]
         return ReplicaStatus(
-            self.name, self.node, os.getpid(), served.state, served.reason, served.info, served.queued_units
+            self.name,
+            self.node,
+            os.getpid(),
+            served.state,
+            served.reason,
+            served.info,
+            served.queued_units,
+            served.micro_batch_choice,
+            dict(served.warmup),
         )
 
     def check_health(self) -> None:

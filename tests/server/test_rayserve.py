@@ -37,6 +37,7 @@ sampler = "ddgan"
 path = "{MNIST}"
 device = "cpu"
 max_batch_images = 4
+micro_batch = 4  # fixed, not measured per replica: the same forward size everywhere gives the same bytes
 max_wait_ms = 5
 max_queue_images = 16
 scaling = {{ {table} }}
