@@ -56,14 +56,16 @@ class Cluster:
     head_ip: str = HEAD_IP
 
     def pids(self) -> list[int]:
-        """Every live process whose command line names this cluster's temp directory."""
-        marker = str(self.temp_dir).encode()
+        """Every live process whose command line names this cluster's temp directory or its GCS address (the
+        Ray client server names only the address)."""
+        markers = (str(self.temp_dir).encode(), f"={self.address}".encode())
         found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             with contextlib.suppress(OSError):
-                if marker in (entry / "cmdline").read_bytes():
+                cmdline = (entry / "cmdline").read_bytes()
+                if any(marker in cmdline for marker in markers):
                     found.append(int(entry.name))
         return found
 
