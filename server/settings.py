@@ -43,6 +43,11 @@ class ServerSettings(BaseSettings):
     request_timeout_s: float = Field(default=120.0, gt=0, description="deadline of a /generate request (504 past it)")
     png_workers: int = Field(default_factory=_default_png_workers, ge=1, le=64)
     png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level of the PNGs (1: fast)")
+    png_cache_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="byte budget of the in-process LRU of encoded PNGs shared by /generate and /v1/images (0: off)",
+    )
     warmup: bool = Field(default=True, description="run every model at its batch sizes before /readyz turns ready")
     shutdown_timeout_s: float = Field(default=30.0, ge=0, description="how long shutdown waits for queued work")
     torch_threads: int | None = Field(
