@@ -18,6 +18,7 @@ import numpy as np
 
 from ddgan.model.sampling import SamplerInfo
 from ddgan.server.registry import ModelEntry
+from ddgan.server.tickets import Priority
 
 
 class ModelState(enum.StrEnum):
@@ -51,8 +52,22 @@ class ModelHandle(Protocol):
     @property
     def queued_units(self) -> int: ...
 
+    @property
+    def queued_work(self) -> float: ...
+
+    @property
+    def max_queue_work(self) -> int | None: ...
+
+    @property
+    def workers(self) -> list[str]: ...
+
     async def generate(
-        self, seeds: list[int], steps: int, deadline: float, client_gone: Callable[[], Awaitable[Any]]
+        self,
+        seeds: list[int],
+        steps: int,
+        deadline: float,
+        client_gone: Callable[[], Awaitable[Any]],
+        priority: Priority = Priority.INTERACTIVE,
     ) -> Generated: ...
 
 

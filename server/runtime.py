@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 from ddgan.model.sampler import Sampler, SamplerInfo
-from ddgan.server.batching import BatchQueue, DeadlineExceededError
+from ddgan.server.batching import BatchQueue, DeadlineExceededError, Worker
 from ddgan.server.engine import ClientGoneError, Generated, ModelHandle, ModelState
 from ddgan.server.loader import (
     ModelNotInstalledError,
@@ -31,7 +33,8 @@ from ddgan.server.loader import (
 from ddgan.server.metrics import ServerMetrics
 from ddgan.server.registry import ModelEntry, Registry
 from ddgan.server.settings import ServerSettings
-from ddgan.server.work import ImageWork, run_image_batch
+from ddgan.server.tickets import Priority
+from ddgan.server.work import ImageWork, image_batch_cost, padded_image_steps, run_image_batch
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class ServedModel:
     entry: ModelEntry
     state: ModelState = ModelState.LOADING
     reason: str | None = "waiting to load"
-    sampler: Sampler | None = None
+    sampler: Sampler | None = None  # the first worker's (every worker's sampler has the same info)
     queue: BatchQueue | None = None
     warmup: dict[int, float] = field(default_factory=dict)  # batch size -> seconds
 
@@ -58,12 +61,30 @@ class ServedModel:
     def queued_units(self) -> int:
         return self.queue.queued_units if self.queue else 0
 
+    @property
+    def queued_work(self) -> float:
+        return self.queue.queued_work if self.queue else 0.0
+
+    @property
+    def max_queue_work(self) -> int | None:
+        """The queue's bound in image-steps (None until the sampler, hence its default steps, is known)."""
+        return int(self.queue.max_queue_work) if self.queue else self.entry.max_queue_work
+
+    @property
+    def workers(self) -> list[str]:
+        return self.queue.workers if self.queue else list(self.entry.worker_devices)
+
     async def generate(
-        self, seeds: list[int], steps: int, deadline: float, client_gone: Callable[[], Awaitable[Any]]
+        self,
+        seeds: list[int],
+        steps: int,
+        deadline: float,
+        client_gone: Callable[[], Awaitable[Any]],
+        priority: Priority = Priority.INTERACTIVE,
     ) -> Generated:
         """Queue the images, wait for them (deadline, disconnect), cancel what is left when giving up."""
         assert self.queue is not None
-        ticket = self.queue.submit(ImageWork(seeds, steps), len(seeds), steps, deadline)
+        ticket = self.queue.submit(ImageWork(seeds, steps), len(seeds), steps, deadline, priority)
         watcher: asyncio.Future[Any] = asyncio.ensure_future(client_gone())
         try:
             done, _ = await asyncio.wait(
@@ -76,10 +97,11 @@ class ServedModel:
         if ticket.future.done():
             result = ticket.future.result()  # or the queue's error
             return Generated(np.concatenate(result.parts), result.queue_s, result.inference_s, result.batches)
-        # Give up: drop the images no batch has taken yet, and make any late result a no-op.
-        self.queue.cancel(ticket)
+        # Give up: drop the images no batch has taken yet (a batch left with nobody stops at its next step).
+        gone = watcher in done
+        self.queue.cancel(ticket, "disconnected" if gone else "deadline")
         ticket.future.cancel()
-        if watcher in done:
+        if gone:
             raise ClientGoneError
         raise DeadlineExceededError("no result before the deadline")
 
@@ -163,10 +185,12 @@ class Runtime:
 
     def _load_one(self, served: ServedModel) -> None:
         entry, settings = served.entry, self.settings
+        devices = [settings.device or device for device in entry.worker_devices]
         try:
-            sampler = self.load_model(
-                entry, random_weights=settings.random_weights, device=settings.device, backend=settings.backend
-            )
+            samplers = [
+                self.load_model(entry, random_weights=settings.random_weights, device=device, backend=settings.backend)
+                for device in devices
+            ]
         except ModelNotInstalledError as exc:
             served.state, served.reason = ModelState.NOT_INSTALLED, exc.reason
             logger.warning("%s: %s", entry.name, exc.reason)
@@ -179,40 +203,77 @@ class Runtime:
             served.state, served.reason = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
             logger.exception("%s: loading failed", entry.name)
             return
-        served.sampler = sampler
+        sampler = served.sampler = samplers[0]
+        info = sampler.info
+        labels = worker_labels([s.info.device for s in samplers])
+        threads = self._threads_per_worker(entry, len(samplers))
         queue = BatchQueue(
             entry.name,
-            functools.partial(run_image_batch, sampler),
+            [
+                Worker(
+                    label,
+                    functools.partial(run_image_batch, worker_sampler),
+                    self._preparer(served, worker_sampler, threads),
+                )
+                for label, worker_sampler in zip(labels, samplers, strict=True)
+            ],
             max_batch_units=entry.max_batch_images,
             max_wait_s=entry.max_wait_ms / 1000,
             max_queue_units=entry.max_queue_images,
+            max_queue_work=entry.max_queue_work or entry.max_queue_images * info.max_steps,
+            batch_cost=image_batch_cost(info.micro_batch),
+            aging_s=entry.aging_ms / 1000,
             observer=self.metrics.queue_observer(entry.dataset, entry.sampler),
         )
         served.state, served.reason = ModelState.WARMING, "warming up"
         try:
-            if settings.warmup:
-                self._warm_up(served, sampler, queue)
+            queue.start()  # each worker warms its own sampler up on its own thread
         except Exception as exc:
             served.state, served.reason = ModelState.FAILED, f"warm-up failed: {type(exc).__name__}: {exc}"
             logger.exception("%s: warm-up failed", entry.name)
             return
         served.queue = queue
-        queue.start()
-        info = sampler.info
         self.metrics.set_model_info(entry.dataset, entry.sampler, info.backend, info.device, info.random_weights)
         served.state, served.reason = ModelState.READY, None
         logger.info(
-            "%s ready: backend=%s device=%s dtype=%s weights=%s warm-up %s",
+            "%s ready: backend=%s device=%s dtype=%s weights=%s workers=%s threads=%s nice=%d warm-up %s",
             entry.name,
             info.backend,
             info.device,
             info.dtype,
             "random" if info.random_weights else "real",
+            ",".join(labels),
+            threads or "default",
+            entry.nice,
             {size: f"{seconds * 1000:.0f} ms" for size, seconds in served.warmup.items()},
         )
 
-    def _warm_up(self, served: ServedModel, sampler: Sampler, queue: BatchQueue) -> None:
-        """Run each batch size once (first-call allocation, autotuning) and seed the throughput estimate."""
+    def _threads_per_worker(self, entry: ModelEntry, workers: int) -> int | None:
+        """The model's threads split among its workers; None: one worker keeps the process's setting."""
+        total = entry.threads or (self.settings.torch_threads if workers > 1 else None)
+        if total is None and workers > 1:
+            total = torch.get_num_threads()
+        return max(1, total // workers) if total else None
+
+    def _preparer(
+        self, served: ServedModel, sampler: Sampler, threads: int | None
+    ) -> Callable[[], tuple[float, float] | None]:
+        """What a worker thread does before serving: its threads and OS priority, then its warm-up."""
+
+        def prepare() -> tuple[float, float] | None:
+            # Both are per thread: torch's intra-op thread count (OpenMP) and the Linux nice value, which the
+            # OpenMP threads this thread starts inherit.
+            if threads is not None:
+                torch.get_num_threads()  # torch's lazy per-thread initialisation would overwrite what is set first
+                torch.set_num_threads(threads)
+            if served.entry.nice:
+                lower_thread_priority(served.entry.nice)
+            return self._warm_up(served, sampler) if self.settings.warmup else None
+
+        return prepare
+
+    def _warm_up(self, served: ServedModel, sampler: Sampler) -> tuple[float, float]:
+        """Run each batch size once (first-call allocation, autotuning); the largest seeds the throughput."""
         info = sampler.info
         steps = max(info.min_steps, min(WARMUP_STEPS, info.default_steps))
         sizes = served.entry.batch_sizes
@@ -221,4 +282,22 @@ class Runtime:
             started = time.monotonic()
             sampler.sample(list(range(size)), steps=steps)
             served.warmup[size] = time.monotonic() - started
-        queue.record_throughput(sizes[-1] * steps, served.warmup[sizes[-1]])
+        return padded_image_steps([steps] * sizes[-1], info.micro_batch), served.warmup[sizes[-1]]
+
+
+def worker_labels(devices: list[str]) -> list[str]:
+    """The `device` metric label of each worker: its device, numbered where several share one."""
+    return [
+        f"{device}#{devices[:i].count(device)}" if devices.count(device) > 1 else device
+        for i, device in enumerate(devices)
+    ]
+
+
+def lower_thread_priority(increment: int) -> None:
+    """Raise this thread's nice value by `increment` (Linux: nice is per thread; elsewhere a warning)."""
+    if not hasattr(os, "setpriority") or os.uname().sysname != "Linux":
+        logger.warning("nice: per-thread priorities need Linux; running at normal priority")
+        return
+    thread = threading.get_native_id()
+    current = os.getpriority(os.PRIO_PROCESS, thread)
+    os.setpriority(os.PRIO_PROCESS, thread, min(19, current + increment))

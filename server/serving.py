@@ -26,6 +26,7 @@ from ddgan.server.errors import APIError
 from ddgan.server.metrics import UNKNOWN, ServerMetrics
 from ddgan.server.schemas import GenerateRequest, GenerateResponse, LatencyMs
 from ddgan.server.settings import ServerSettings
+from ddgan.server.tickets import Priority
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request": only ever seen in metrics and logs
 
@@ -45,6 +46,12 @@ def invalid(field: str, message: str) -> APIError:
     return APIError(422, "invalid_request", f"{field}: {message}", details=[detail])
 
 
+def request_priority(body: GenerateRequest, key_priority: Priority | None) -> Priority:
+    """The body's priority (default interactive), never above the one its API key is mapped to."""
+    asked = Priority(body.priority) if body.priority else Priority.INTERACTIVE
+    return max(asked, key_priority or Priority.INTERACTIVE, key=lambda p: p.rank)
+
+
 class GenerationService:
     def __init__(self, engine: Engine, settings: ServerSettings, metrics: ServerMetrics) -> None:
         self.engine = engine
@@ -61,9 +68,17 @@ class GenerationService:
         self.png_pool.shutdown(wait=True)
 
     async def generate(
-        self, body: GenerateRequest, media_type: str, request_id: str, client_gone: Callable[[], Awaitable[Any]]
+        self,
+        body: GenerateRequest,
+        media_type: str,
+        request_id: str,
+        client_gone: Callable[[], Awaitable[Any]],
+        key_priority: Priority | None = None,
     ) -> Rendered:
-        """Generate and encode; raises APIError (answered in the error shape) or ClientGoneError."""
+        """Generate and encode; raises APIError (answered in the error shape) or ClientGoneError.
+
+        `key_priority`: the priority the caller's API key is mapped to (`DDGAN_KEY_PRIORITIES`), a ceiling.
+        """
         started = time.perf_counter()
         labels = (UNKNOWN, UNKNOWN)
         status = 200
@@ -73,7 +88,8 @@ class GenerationService:
             self.in_flight += 1
             self.metrics.in_flight_changed(*labels, 1)
             try:
-                return await self._generate(body, served, media_type, request_id, client_gone, started)
+                priority = request_priority(body, key_priority)
+                return await self._generate(body, served, media_type, request_id, client_gone, started, priority)
             finally:
                 self.in_flight -= 1
                 self.metrics.in_flight_changed(*labels, -1)
@@ -116,6 +132,10 @@ class GenerationService:
             steps = info.check_steps(body.steps)
         except StepsError as exc:
             raise invalid("body.steps", f"{exc} ({served.entry.name})") from None
+        bound = served.max_queue_work
+        if bound is not None and body.n * steps > bound:
+            message = f"n x steps = {body.n * steps} image-steps exceeds what {served.entry.name} queues ({bound})"
+            raise invalid("body.n", message)
         seed = body.seed if body.seed is not None else random_seed()
         try:
             seeds = image_seeds(seed, body.n)
@@ -131,6 +151,7 @@ class GenerationService:
         request_id: str,
         client_gone: Callable[[], Awaitable[Any]],
         started: float,
+        priority: Priority,
     ) -> Rendered:
         info = served.info
         assert info is not None
@@ -138,13 +159,13 @@ class GenerationService:
         timeout_s = min(self.settings.request_timeout_s, body.timeout_s or math.inf)
         deadline = time.monotonic() + timeout_s
         try:
-            generated = await served.generate(seeds, steps, deadline, client_gone)
+            generated = await served.generate(seeds, steps, deadline, client_gone, priority)
         except QueueFullError as exc:
             raise APIError(
                 503,
                 "overloaded",
-                f"{served.entry.name} has {exc.queued_units} images queued (limit {served.entry.max_queue_images}); "
-                f"retry in {exc.retry_after_s} s",
+                f"{served.entry.name} has {exc.queued_units} images queued (limit {served.entry.max_queue_images}), "
+                f"{exc.queued_work:g} image-steps (limit {served.max_queue_work}); retry in {exc.retry_after_s} s",
                 headers={"Retry-After": str(exc.retry_after_s)},
             ) from None
         except QueueClosedError:
@@ -153,7 +174,9 @@ class GenerationService:
             raise APIError(504, "deadline_exceeded", f"no result within {timeout_s:.3g} s") from None
         except BatchFailedError as exc:
             raise APIError(500, "generation_failed", f"the batch holding this request failed: {exc}") from None
-        return await self._render(body, info, media_type, request_id, seeds, steps, seed, generated, started)
+        rendered = await self._render(body, info, media_type, request_id, seeds, steps, seed, generated, started)
+        rendered.headers["X-Priority"] = priority.value
+        return rendered
 
     async def _render(
         self,

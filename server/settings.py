@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,12 @@ class ServerSettings(BaseSettings):
     device: str | None = Field(default=None, description="override every model's device (cpu, cuda, cuda:1, auto)")
     backend: str | None = Field(default=None, description="override every DDGAN model's backend")
     api_key: SecretStr | None = Field(default=None, description="if set, /generate and /v1/models need `Bearer <key>`")
+    key_priorities: dict[str, Literal["interactive", "batch"]] = Field(
+        default_factory=dict,
+        repr=False,
+        description="more API keys, each mapped to the highest priority its requests run at (JSON object, e.g. "
+        '{"<key>": "batch"}); any entry turns authentication on',
+    )
     max_body_bytes: int = Field(default=16 * 1024, ge=256, description="largest accepted request body")
     max_images_per_request: int = Field(default=64, ge=1, le=4096, description="upper bound of `n`")
     request_timeout_s: float = Field(default=120.0, gt=0, description="deadline of a /generate request (504 past it)")
@@ -50,6 +57,13 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("key_priorities")
+    @classmethod
+    def _no_blank_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        if any(not key.strip() for key in value):
+            raise ValueError("an API key in DDGAN_KEY_PRIORITIES is empty")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -31,7 +31,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {PNG: {}, ZIP: {}},
         "description": "JSON with base64 PNGs (default), one grid PNG (Accept: image/png) or a ZIP of PNGs "
-        "(Accept: application/zip). Headers: X-Request-ID, Server-Timing, X-Seed, X-Image-Count, X-Weights.",
+        "(Accept: application/zip). Headers: X-Request-ID, Server-Timing, X-Seed, X-Image-Count, X-Weights, "
+        "X-Priority.",
     },
 }
 
@@ -47,7 +48,13 @@ async def generate(body: GenerateRequest, request: Request, service: ServiceDep)
     media_type = negotiate(request.headers.get("accept"))  # a 406 is counted like every rejection before this
     request.state.metrics_recorded = True  # from here on the serving layer records the request
     try:
-        rendered = await service.generate(body, media_type, str(request.state.request_id), _client_gone(request))
+        rendered = await service.generate(
+            body,
+            media_type,
+            str(request.state.request_id),
+            _client_gone(request),
+            key_priority=getattr(request.state, "key_priority", None),
+        )
     except ClientGoneError:
         return Response(status_code=CLIENT_CLOSED)
     request.state.server_timing = rendered.server_timing

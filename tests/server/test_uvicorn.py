@@ -94,7 +94,9 @@ def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def value(url: str, name: str, **labels: str) -> float:
-    return samples(url).get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of the series of `name` whose labels include `labels` (e.g. over every worker's `device`)."""
+    wanted = set(labels.items())
+    return sum(v for (n, series), v in samples(url).items() if n == name and wanted <= set(series))
 
 
 def decode(b64: str) -> np.ndarray:

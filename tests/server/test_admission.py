@@ -1,0 +1,56 @@
+"""Work-weighted admission and priorities through the app: the queue bound counts images x steps, the 503 says
+so, `priority` (or the API key's) orders batches. Samplers are gated so queue states are exact."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from tests.server.conftest import Gate, error_of, make_app, wrapping_loader, write_registry
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+GATED = 1000
+
+
+def post(client: httpx.AsyncClient, headers: dict[str, str] | None = None, **body) -> asyncio.Task[httpx.Response]:
+    return asyncio.create_task(client.post("/generate", json={"dataset": "mnist", **body}, headers=headers))
+
+
+async def model(client: httpx.AsyncClient, sampler: str) -> dict:
+    models = (await client.get("/v1/models")).json()["models"]
+    return next(m for m in models if m["dataset"] == "mnist" and m["sampler"] == sampler)
+
+
+async def until(client: httpx.AsyncClient, sampler: str, field: str, value: float) -> None:
+    while (await model(client, sampler))[field] != value:
+        await asyncio.sleep(0.01)
+
+
+async def test_the_ddpm_queue_admits_by_images_times_steps(tiny_models, started):
+    gate = Gate()
+    load, samplers = wrapping_loader(ddpm={"gate": gate})
+    registry = write_registry(
+        tiny_models, ddpm={"max_batch_images": 1, "max_wait_ms": 0, "max_queue_images": 32, "max_queue_work": 40}
+    )
+    client = await started(make_app(registry, load))
+    described = await model(client, "ddpm")
+    assert (described["max_queue_work"], described["queued_work"], described["workers"]) == (40, 0, ["cpu"])
+    running = post(client, sampler="ddpm", seed=GATED, steps=4)
+    await asyncio.to_thread(gate.wait_entered)
+    heavy = post(client, sampler="ddpm", seed=2000, steps=40)  # one image, but the whole work bound
+    await until(client, "ddpm", "queued_work", 40)
+    refused = await client.post("/generate", json={"dataset": "mnist", "sampler": "ddpm", "steps": 1})
+    assert refused.status_code == 503 and error_of(refused)["type"] == "overloaded"
+    assert "1 images queued (limit 32), 40 image-steps (limit 40)" in error_of(refused)["message"]
+    assert int(refused.headers["retry-after"]) >= 1
+    too_big = await client.post("/generate", json={"dataset": "mnist", "sampler": "ddpm", "n": 2, "steps": 25})
+    assert too_big.status_code == 422 and "50 image-steps exceeds" in error_of(too_big)["message"]
+    assert (await client.post("/generate", json={"dataset": "mnist", "n": 4})).status_code == 200  # own queue
+    gate.release.set()
+    assert (await running).status_code == 200 and (await heavy).status_code == 200
+    assert samplers["ddpm"].calls[-2:] == [[GATED], [2000]]
+    metrics = (await client.get("/metrics")).text
+    assert 'ddgan_queued_work_image_steps{model="mnist",sampler="ddpm"} 0.0' in metrics
