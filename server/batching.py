@@ -343,7 +343,9 @@ class BatchQueue:
         seconds = self.clock() - state.started_at
         undone = 1.0 - state.fraction_done
         state.throughput.record(state.batch_cost * state.fraction_done, seconds)
-        logger.info("%s: stopped a batch at %.0f%%: nobody waits for it", self.name, 100 * state.fraction_done)
+        logger.info(
+            "%s: stopped a batch at %.1f %% of its steps: nobody waits for it", self.name, 100 * state.fraction_done
+        )
         with self._cond:
             state.batch = None
             for piece in batch:

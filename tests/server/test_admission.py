@@ -54,3 +54,5 @@ async def test_the_ddpm_queue_admits_by_images_times_steps(tiny_models, started)
     assert samplers["ddpm"].calls[-2:] == [[GATED], [2000]]
     metrics = (await client.get("/metrics")).text
     assert 'ddgan_queued_work_image_steps{model="mnist",sampler="ddpm"} 0.0' in metrics
+    assert 'ddgan_dropped_work_image_steps_total{model="mnist",reason="cancelled",sampler="ddpm"} 0.0' in metrics
+    assert 'ddgan_images_generated_total{device="cpu",model="mnist",sampler="ddpm"} 3.0' in metrics
