@@ -55,4 +55,32 @@ async def test_the_ddpm_queue_admits_by_images_times_steps(tiny_models, started)
     metrics = (await client.get("/metrics")).text
     assert 'ddgan_queued_work_image_steps{model="mnist",sampler="ddpm"} 0.0' in metrics
     assert 'ddgan_dropped_work_image_steps_total{model="mnist",reason="cancelled",sampler="ddpm"} 0.0' in metrics
-    assert 'ddgan_images_generated_total{device="cpu",model="mnist",sampler="ddpm"} 3.0' in metrics
+    assert 'ddgan_images_generated_total{device="cpu",model="mnist",sampler="ddpm"} 2.0' in metrics
+
+
+async def test_priority_from_the_body_capped_by_the_api_key(tiny_models, started):
+    gate = Gate()
+    load, samplers = wrapping_loader(ddgan={"gate": gate})
+    registry = write_registry(tiny_models, ddgan={"max_batch_images": 1, "max_wait_ms": 0, "aging_ms": 60_000})
+    app = make_app(registry, load, api_key="main-key", key_priorities={"bulk-key": "batch"})
+    client = await started(app)
+    main, bulk = {"authorization": "Bearer main-key"}, {"authorization": "Bearer bulk-key"}
+    client.headers.update(main)  # /v1/models too
+    blocker = post(client, main, seed=GATED)
+    await asyncio.to_thread(gate.wait_entered)
+    # Queued while the worker is busy: two batch-class requests first, then an interactive one.
+    by_key = post(client, bulk, seed=30, priority="interactive")  # the key caps it at batch
+    await until(client, "ddgan", "queued_images", 1)
+    by_body = post(client, main, seed=40, priority="batch")
+    await until(client, "ddgan", "queued_images", 2)
+    interactive = post(client, main, seed=50)
+    await until(client, "ddgan", "queued_images", 3)
+    gate.release.set()
+    responses = [await task for task in (blocker, by_key, by_body, interactive)]
+    assert [r.status_code for r in responses] == [200] * 4
+    assert [r.headers["x-priority"] for r in responses] == ["interactive", "batch", "batch", "interactive"]
+    assert samplers["ddgan"].calls[-3:] == [[50], [30], [40]]  # interactive first, then batch in arrival order
+    wrong = await client.post("/generate", json={"dataset": "mnist", "priority": "urgent"}, headers=main)
+    assert wrong.status_code == 422
+    unknown = await client.post("/generate", json={"dataset": "mnist"}, headers={"authorization": "Bearer nope"})
+    assert unknown.status_code == 401

@@ -17,7 +17,7 @@ from ddgan.server.batching import (
     QueueFullError,
     Worker,
 )
-from ddgan.server.tickets import Slice, Ticket
+from ddgan.server.tickets import Priority, Slice, Ticket
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -167,3 +167,35 @@ async def test_close_finishes_queued_work_then_refuses():
     await closing
     assert flat(await first.future) == [1]
     assert flat(await second.future) == [2]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_interactive_first_and_batch_tickets_promoted_after_aging():
+    """Priority order, then aging: a batch ticket waiting aging_s ranks by arrival with the interactive ones."""
+    for aged, expected in ((False, [[1], [11], [12], [21], [22]]), (True, [[1], [21], [11], [22], [12]])):
+        clock, recorder = FakeClock(), Recorder()
+        recorder.release.clear()
+        queue = BatchQueue(
+            "test", [Worker("cpu", recorder)], max_batch_units=1, max_wait_s=0.0, max_queue_units=16,
+            aging_s=2.0, clock=clock,
+        )  # fmt: skip
+        queue.start()
+        blocker = queue.submit([1], 1, 1.0, 1e9)
+        await asyncio.to_thread(recorder.entered.wait, 5)
+        tickets = []
+        for at, label, priority in ((0.1, 21, Priority.BATCH), (0.2, 11, Priority.INTERACTIVE),
+                                    (0.3, 22, Priority.BATCH), (0.4, 12, Priority.INTERACTIVE)):  # fmt: skip
+            clock.now = at
+            tickets.append(queue.submit([label], 1, 1.0, 1e9, priority))
+        clock.now = 2.35 if aged else 1.0  # 21 (2.25 s old) and 22 (2.05 s) have aged; 11, 12 are interactive
+        recorder.release.set()
+        await asyncio.gather(blocker.future, *(t.future for t in tickets))
+        assert recorder.calls == expected, aged
+        queue.close(5)
