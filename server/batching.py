@@ -55,7 +55,7 @@ Clock = Callable[[], float]
 
 
 class QueueFullError(Exception):
-    def __init__(self, queued_units: int, queued_work: float, retry_after_s: int) -> None:
+    def __init__(self, queued_units: int, retry_after_s: int, queued_work: float = 0.0) -> None:
         super().__init__(f"{queued_units} units ({queued_work:g} work) already queued")
         self.queued_units = queued_units
         self.queued_work = queued_work
@@ -186,6 +186,11 @@ class BatchQueue:
     def workers(self) -> list[str]:
         return [state.worker.label for state in self._workers]
 
+    @property
+    def alive(self) -> bool:
+        """Every worker thread runs (a health check: they only end when the queue closes)."""
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
+
     def submit(
         self, payload: Any, size: int, cost: float, deadline: float, priority: Priority = Priority.INTERACTIVE
     ) -> Ticket:
@@ -199,7 +204,7 @@ class BatchQueue:
                 wait_s = seconds_until_room(
                     self._backlog_locked(), size, ticket.work, self.max_queue_units, self.max_queue_work
                 )
-                raise QueueFullError(self._queued_units, self._queued_work, retry_after_s(wait_s, self._rng))
+                raise QueueFullError(self._queued_units, retry_after_s(wait_s, self._rng), self._queued_work)
             self._pending.append(ticket)
             self._set_queued(self._queued_units + size, self._queued_work + ticket.work)
             self._cond.notify()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ddgan.model.sampler import Sampler, SamplerInfo
+from ddgan.model.threads import set_threads
 from ddgan.server.batching import BatchQueue, DeadlineExceededError, Worker
 from ddgan.server.engine import ClientGoneError, Generated, ModelHandle, ModelState
 from ddgan.server.loader import (
@@ -34,12 +35,12 @@ from ddgan.server.metrics import ServerMetrics
 from ddgan.server.registry import ModelEntry, Registry
 from ddgan.server.settings import ServerSettings
 from ddgan.server.tickets import Priority
-from ddgan.server.work import ImageWork, image_batch_cost, padded_image_steps, run_image_batch
+from ddgan.server.warmup import WarmedUp, warm_up, without_warm_up
+from ddgan.server.work import ImageWork, WorkProgress, image_batch_cost, run_image_batch
 
 logger = logging.getLogger(__name__)
 
 LoadModel = Callable[..., Sampler]
-WARMUP_STEPS = 2  # enough to compile/allocate every kernel a many-step loop uses
 
 
 @dataclass(eq=False)
@@ -49,9 +50,10 @@ class ServedModel:
     entry: ModelEntry
     state: ModelState = ModelState.LOADING
     reason: str | None = "waiting to load"
-    sampler: Sampler | None = None  # the first worker's (every worker's sampler has the same info)
+    sampler: Sampler | None = None
     queue: BatchQueue | None = None
     warmup: dict[int, float] = field(default_factory=dict)  # batch size -> seconds
+    micro_batch_choice: str | None = None  # how the fixed forward size was chosen (None: not batch-invariant)
 
     @property
     def info(self) -> SamplerInfo | None:
@@ -67,7 +69,7 @@ class ServedModel:
 
     @property
     def max_queue_work(self) -> int | None:
-        """The queue's bound in image-steps (None until the sampler, hence its default steps, is known)."""
+        """The queue's bound in image-steps (None until the sampler, hence its most steps, is known)."""
         return int(self.queue.max_queue_work) if self.queue else self.entry.max_queue_work
 
     @property
@@ -80,11 +82,12 @@ class ServedModel:
         steps: int,
         deadline: float,
         client_gone: Callable[[], Awaitable[Any]],
+        progress: WorkProgress | None = None,
         priority: Priority = Priority.INTERACTIVE,
     ) -> Generated:
         """Queue the images, wait for them (deadline, disconnect), cancel what is left when giving up."""
         assert self.queue is not None
-        ticket = self.queue.submit(ImageWork(seeds, steps), len(seeds), steps, deadline, priority)
+        ticket = self.queue.submit(ImageWork(seeds, steps, progress), len(seeds), steps, deadline, priority)
         watcher: asyncio.Future[Any] = asyncio.ensure_future(client_gone())
         try:
             done, _ = await asyncio.wait(
@@ -128,8 +131,8 @@ class Runtime:
 
     # ----- lifecycle -----
     async def start(self) -> None:
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        threads = set_threads(self.settings.torch_threads)
+        logger.info("torch intra-op threads: %d (%s)", threads, "setting" if self.settings.torch_threads else "default")
         self._accepting = True
         # Missing weights are known at once (404 with the install command), not after the others have loaded.
         if not self.settings.random_weights:
@@ -170,12 +173,47 @@ class Runtime:
     def handles(self) -> list[ModelHandle]:
         return list(self.models.values())
 
+    async def metrics_page(self) -> bytes:
+        return self.metrics.render()
+
     def lookup(self, dataset: str, sampler: str) -> ModelHandle | None:
         return self.models.get((dataset, sampler))
 
+    # ----- hot reload (server/reload.py decides what changes; these carry it out) -----
+    def load_detached(self, entry: ModelEntry) -> ServedModel:
+        """Load and warm a model without serving it yet (blocking: run it on a thread); its state says how it went."""
+        served = ServedModel(entry)
+        if self._stopping:
+            served.state, served.reason = ModelState.FAILED, "server shut down before the model loaded"
+        elif not self.settings.random_weights and not weights_present(entry):
+            served.state, served.reason = ModelState.NOT_INSTALLED, not_installed_reason(entry)
+        else:
+            self._load_one(served)
+        return served
+
+    def install(self, served: ServedModel) -> ServedModel | None:
+        """Serve `served` from now on (event loop); returns the model it replaces, for `retire`."""
+        previous = self.models.get(served.entry.key)
+        self.models[served.entry.key] = served
+        return previous
+
+    def withdraw(self, key: tuple[str, str]) -> ServedModel | None:
+        """Stop serving a model (event loop): new requests no longer find it; `retire` it next."""
+        served = self.models.pop(key, None)
+        if served is not None:
+            self.metrics.forget_model_info(*key)
+        return served
+
+    def retire(self, served: ServedModel) -> None:
+        """Blocking: let a model no longer served finish its queued work, then release it."""
+        if served.queue is not None:
+            # No ticket outlives its deadline: waiting that long lets every request in flight complete.
+            served.queue.close(max(self.settings.request_timeout_s, self.settings.jobs_timeout_s))
+        served.sampler = None  # the last reference: weights and device memory go with it
+
     # ----- loading (background thread) -----
     def _load_all(self) -> None:
-        for served in self.models.values():
+        for served in list(self.models.values()):  # a hot reload may change the map meanwhile
             if served.state is ModelState.NOT_INSTALLED:
                 continue
             if self._stopping:
@@ -203,19 +241,27 @@ class Runtime:
             served.state, served.reason = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
             logger.exception("%s: loading failed", entry.name)
             return
-        sampler = served.sampler = samplers[0]
+        served.state, served.reason = ModelState.WARMING, "warming up"
+        try:
+            warmed = self._warm_up_all(entry, samplers)
+        except Exception as exc:
+            served.state, served.reason = ModelState.FAILED, f"warm-up failed: {type(exc).__name__}: {exc}"
+            logger.exception("%s: warm-up failed", entry.name)
+            return
+        sampler = warmed[0].sampler
+        served.sampler, served.warmup, served.micro_batch_choice = (
+            sampler,
+            warmed[0].seconds,
+            warmed[0].micro_batch_choice,
+        )
         info = sampler.info
-        labels = worker_labels([s.info.device for s in samplers])
-        threads = self._threads_per_worker(entry, len(samplers))
+        labels = worker_labels([w.sampler.info.device for w in warmed])
+        threads = self._threads_per_worker(entry, len(warmed))
         queue = BatchQueue(
             entry.name,
             [
-                Worker(
-                    label,
-                    functools.partial(run_image_batch, worker_sampler),
-                    self._preparer(served, worker_sampler, threads),
-                )
-                for label, worker_sampler in zip(labels, samplers, strict=True)
+                Worker(label, functools.partial(run_image_batch, w.sampler), preparer(entry.nice, threads, w))
+                for label, w in zip(labels, warmed, strict=True)
             ],
             max_batch_units=entry.max_batch_images,
             max_wait_s=entry.max_wait_ms / 1000,
@@ -225,28 +271,38 @@ class Runtime:
             aging_s=entry.aging_ms / 1000,
             observer=self.metrics.queue_observer(entry.dataset, entry.sampler),
         )
-        served.state, served.reason = ModelState.WARMING, "warming up"
-        try:
-            queue.start()  # each worker warms its own sampler up on its own thread
-        except Exception as exc:
-            served.state, served.reason = ModelState.FAILED, f"warm-up failed: {type(exc).__name__}: {exc}"
-            logger.exception("%s: warm-up failed", entry.name)
-            return
+        queue.start()
         served.queue = queue
-        self.metrics.set_model_info(entry.dataset, entry.sampler, info.backend, info.device, info.random_weights)
+        self.metrics.set_model_info(
+            entry.dataset, entry.sampler, info.backend, info.device, info.dtype, info.random_weights
+        )
         served.state, served.reason = ModelState.READY, None
         logger.info(
-            "%s ready: backend=%s device=%s dtype=%s weights=%s workers=%s threads=%s nice=%d warm-up %s",
+            "%s ready: backend=%s device=%s dtype=%s weights=%s micro_batch=%s (%s) workers=%s threads=%s nice=%d "
+            "warm-up %s",
             entry.name,
             info.backend,
             info.device,
             info.dtype,
             "random" if info.random_weights else "real",
+            info.micro_batch,
+            served.micro_batch_choice or "batch_invariant = false",
             ",".join(labels),
             threads or "default",
             entry.nice,
-            {size: f"{seconds * 1000:.0f} ms" for size, seconds in served.warmup.items()},
+            {size: f"{seconds * 1000 / size:.1f} ms/image" for size, seconds in served.warmup.items()},
         )
+
+    def _warm_up_all(self, entry: ModelEntry, samplers: list[Sampler]) -> list[WarmedUp]:
+        """Warm every worker's sampler; the first one's measured micro-batch is every worker's (same bytes)."""
+        warm = warm_up if self.settings.warmup else without_warm_up
+        first = warm(entry, samplers[0])
+        chosen = first.sampler.info.micro_batch
+        others = [
+            warm(entry, s.with_micro_batch(chosen) if chosen and s.info.micro_batch is None else s)
+            for s in samplers[1:]
+        ]
+        return [first, *others]
 
     def _threads_per_worker(self, entry: ModelEntry, workers: int) -> int | None:
         """The model's threads split among its workers; None: one worker keeps the process's setting."""
@@ -255,34 +311,21 @@ class Runtime:
             total = torch.get_num_threads()
         return max(1, total // workers) if total else None
 
-    def _preparer(
-        self, served: ServedModel, sampler: Sampler, threads: int | None
-    ) -> Callable[[], tuple[float, float] | None]:
-        """What a worker thread does before serving: its threads and OS priority, then its warm-up."""
 
-        def prepare() -> tuple[float, float] | None:
-            # Both are per thread: torch's intra-op thread count (OpenMP) and the Linux nice value, which the
-            # OpenMP threads this thread starts inherit.
-            if threads is not None:
-                torch.get_num_threads()  # torch's lazy per-thread initialisation would overwrite what is set first
-                torch.set_num_threads(threads)
-            if served.entry.nice:
-                lower_thread_priority(served.entry.nice)
-            return self._warm_up(served, sampler) if self.settings.warmup else None
+def preparer(nice: int, threads: int | None, warmed: WarmedUp) -> Callable[[], tuple[float, float] | None]:
+    """What a worker thread does before serving: its threads and OS priority; the warm-up seeds its throughput."""
 
-        return prepare
+    def prepare() -> tuple[float, float] | None:
+        # Both are per thread: torch's intra-op thread count (OpenMP) and the Linux nice value, which the
+        # OpenMP threads this thread starts inherit.
+        if threads is not None:
+            torch.get_num_threads()  # torch's lazy per-thread initialisation would overwrite what is set first
+            torch.set_num_threads(threads)
+        if nice:
+            lower_thread_priority(nice)
+        return warmed.throughput_sample  # the micro-batch's full passes: images x steps is what they compute
 
-    def _warm_up(self, served: ServedModel, sampler: Sampler) -> tuple[float, float]:
-        """Run each batch size once (first-call allocation, autotuning); the largest seeds the throughput."""
-        info = sampler.info
-        steps = max(info.min_steps, min(WARMUP_STEPS, info.default_steps))
-        sizes = served.entry.batch_sizes
-        sampler.sample([0], steps=steps)  # the cold call: lazy initialisation, allocator growth
-        for size in sizes:
-            started = time.monotonic()
-            sampler.sample(list(range(size)), steps=steps)
-            served.warmup[size] = time.monotonic() - started
-        return padded_image_steps([steps] * sizes[-1], info.micro_batch), served.warmup[sizes[-1]]
+    return prepare
 
 
 def worker_labels(devices: list[str]) -> list[str]:

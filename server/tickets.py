@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,7 +49,7 @@ class Ticket:
     deadline: float  # on the queue's clock
     future: asyncio.Future[TicketResult]
     loop: asyncio.AbstractEventLoop
-    enqueued_at: float
+    enqueued_at: float = field(default_factory=time.monotonic)  # on the queue's clock (it passes its own)
     priority: Priority = Priority.INTERACTIVE
     next_index: int = 0  # first unit not yet given to a batch
     done: int = 0

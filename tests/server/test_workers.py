@@ -33,7 +33,9 @@ async def test_two_cpu_workers_both_serve_and_agree_bit_for_bit(tiny_models, sta
     assert described["workers"] == ["cpu#0", "cpu#1"] and len(gates) == 2
 
     def post(seed: int) -> asyncio.Task:
-        return asyncio.create_task(client.post("/generate", json={"dataset": "mnist", "seed": seed}))
+        # no-cache: every request reaches a sampler (a repeated seed would come from the PNG cache)
+        body, headers = {"dataset": "mnist", "seed": seed}, {"cache-control": "no-cache"}
+        return asyncio.create_task(client.post("/generate", json=body, headers=headers))
 
     async def blocked() -> int:
         while True:
