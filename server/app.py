@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -49,9 +50,11 @@ def create_app(
         try:
             yield
         finally:
-            logger.info("shutting down: finishing queued work (up to %.0f s)", settings.shutdown_timeout_s)
+            # `ddgan serve` began the shutdown at SIGTERM (server/http_server.py): one deadline for everything.
+            deadline = engine.begin_shutdown(time.monotonic() + settings.shutdown_timeout_s)
+            logger.info("shutting down: finishing queued work (%.1f s left)", max(0.0, deadline - time.monotonic()))
             await engine.stop()
-            await service.stop(settings.shutdown_timeout_s)
+            await service.stop(deadline)
 
     app = FastAPI(title="DDGAN inference server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings

@@ -43,6 +43,10 @@ class BatchFailedError(Exception):
     """`run_batch` raised while running a batch that held this ticket's work."""
 
 
+class BatchAbandonedError(Exception):
+    """Raised by `run_batch` that stopped early because every ticket of its batch had finished (given up)."""
+
+
 class BatchObserver(Protocol):
     def batch_done(self, units: int, seconds: float) -> None: ...
 
@@ -235,6 +239,11 @@ class BatchQueue:
             results = self.run_batch(slices)
             if len(results) != len(slices):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(slices)} slices")
+        except BatchAbandonedError:
+            logger.info("%s: batch of %d units stopped: no request waits for it", self.name, units)
+            with self._cond:
+                self._running_work = 0.0
+            return
         except Exception as exc:
             logger.exception("%s: batch of %d units failed", self.name, units)
             with self._cond:

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ddgan.server.app import create_app
+    from ddgan.server.http_server import ShutdownAwareServer, uvicorn_shutdown_timeout
     from ddgan.server.registry import RegistryError
 
     try:
@@ -68,12 +69,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.getLogger().setLevel(settings.log_level.upper() if settings.log_level != "trace" else "DEBUG")
     logger.info("serving %s on http://%s:%d", settings.registry, settings.host, settings.port)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
+        timeout_graceful_shutdown=uvicorn_shutdown_timeout(settings.shutdown_timeout_s),
         access_log=settings.log_level in ("debug", "trace"),
     )
-    return 0
+    server = ShutdownAwareServer(config, app.state.engine.begin_shutdown, settings.shutdown_timeout_s)
+    server.run()
+    return 0 if server.started else 3

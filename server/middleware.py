@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -60,6 +61,12 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_context)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when its shutdown wait ends: answer in our shape
+            # (not uvicorn's 500 text/plain); the task ends here, nothing else waits for it.
+            if not response_started:
+                message = "the server shut down before this request finished"
+                await _send_error(send_with_context, 503, "shutting_down", message, request_id)
         except Exception:
             logger.exception("unhandled error in %s %s (request %s)", scope.get("method"), scope["path"], request_id)
             if not response_started:

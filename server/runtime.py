@@ -8,8 +8,10 @@ turns ready when every installed model has run its batch sizes once. A model's s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -18,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddgan.model.sampler import Sampler, SamplerInfo
-from ddgan.server.batching import BatchQueue, DeadlineExceededError
+from ddgan.model.sampler import Sampler, SamplerInfo, SamplingStoppedError
+from ddgan.server.batching import BatchQueue, DeadlineExceededError, QueueClosedError
 from ddgan.server.engine import ClientGoneError, Generated, ModelHandle, ModelState
 from ddgan.server.loader import (
     ModelNotInstalledError,
@@ -37,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 LoadModel = Callable[..., Sampler]
 WARMUP_STEPS = 2  # enough to compile/allocate every kernel a many-step loop uses
+STOP_GRACE_S = 0.5  # past the shutdown deadline: how long a running batch gets to reach its next step
 
 
 @dataclass(eq=False)
@@ -49,6 +52,7 @@ class ServedModel:
     sampler: Sampler | None = None
     queue: BatchQueue | None = None
     warmup: dict[int, float] = field(default_factory=dict)  # batch size -> seconds
+    shutdown: asyncio.Event = field(default_factory=asyncio.Event)  # set at the shutdown deadline
 
     @property
     def info(self) -> SamplerInfo | None:
@@ -61,27 +65,38 @@ class ServedModel:
     async def generate(
         self, seeds: list[int], steps: int, deadline: float, client_gone: Callable[[], Awaitable[Any]]
     ) -> Generated:
-        """Queue the images, wait for them (deadline, disconnect), cancel what is left when giving up."""
+        """Queue the images, wait for them (deadline, disconnect, shutdown), cancel what is left when giving up."""
         assert self.queue is not None
         ticket = self.queue.submit(ImageWork(seeds, steps), len(seeds), steps, deadline)
         watcher: asyncio.Future[Any] = asyncio.ensure_future(client_gone())
+        aborted = asyncio.ensure_future(self.shutdown.wait())
         try:
             done, _ = await asyncio.wait(
-                {ticket.future, watcher},
+                {ticket.future, watcher, aborted},
                 timeout=max(0.0, deadline - time.monotonic()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            if ticket.future.done():
+                result = ticket.future.result()  # or the queue's error
+                return Generated(np.concatenate(result.parts), result.queue_s, result.inference_s, result.batches)
         finally:
             watcher.cancel()
-        if ticket.future.done():
-            result = ticket.future.result()  # or the queue's error
-            return Generated(np.concatenate(result.parts), result.queue_s, result.inference_s, result.batches)
-        # Give up: drop the images no batch has taken yet, and make any late result a no-op.
-        self.queue.cancel(ticket)
-        ticket.future.cancel()
+            aborted.cancel()
+            if not ticket.future.done():
+                # Giving up (also when uvicorn cancels this task): drop the images no batch has taken, stop a
+                # batch nobody else waits for, and make any late result a no-op.
+                self.queue.cancel(ticket)
+                ticket.future.cancel()
+        if aborted in done:
+            raise QueueClosedError("the server shut down before this request finished")
         if watcher in done:
             raise ClientGoneError
         raise DeadlineExceededError("no result before the deadline")
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Runtime:
@@ -98,11 +113,14 @@ class Runtime:
         self.registry = registry
         self.metrics = metrics
         self.load_model = load_model
-        self.models = {entry.key: ServedModel(entry) for entry in registry.models}
+        self._shutdown = asyncio.Event()  # set at the shutdown deadline: every waiting request answers 503
+        self.models = {entry.key: ServedModel(entry, shutdown=self._shutdown) for entry in registry.models}
         self._accepting = False
         self.started_at = time.time()
-        self._loader: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._loader: threading.Thread | None = None
+        self._loaded: asyncio.Future[None] | None = None
+        self._stopping = False  # read by the loader thread: no more loading, warm-up stops at its next step
+        self._deadline: float | None = None
 
     # ----- lifecycle -----
     async def start(self) -> None:
@@ -114,22 +132,41 @@ class Runtime:
             for served in self.models.values():
                 if not weights_present(served.entry):
                     served.state, served.reason = ModelState.NOT_INSTALLED, not_installed_reason(served.entry)
-        self._loader = asyncio.create_task(asyncio.to_thread(self._load_all), name="load-models")
+        loop = asyncio.get_running_loop()
+        self._loaded = loop.create_future()
+        # A daemon thread, not asyncio.to_thread: the loop's executor is joined at exit, and shutdown must not
+        # wait for a model that is still loading.
+        self._loader = threading.Thread(target=self._load_all, args=(loop, self._loaded), name="load-models")
+        self._loader.daemon = True
+        self._loader.start()
 
     async def wait_loaded(self, timeout_s: float | None = None) -> None:
         """Until every model left the loading/warming states (tests, `ddgan bench serve --spawn`)."""
-        if self._loader is not None:
-            await asyncio.wait_for(asyncio.shield(self._loader), timeout_s)
+        if self._loaded is not None:
+            await asyncio.wait_for(asyncio.shield(self._loaded), timeout_s)
+
+    def begin_shutdown(self, deadline: float) -> float:
+        """Refuse new requests now; at `deadline` (time.monotonic) every request still waiting answers 503 and
+        its work is dropped. The first call fixes the deadline (SIGTERM); it is returned."""
+        if self._deadline is None:
+            self._accepting = False
+            self._stopping = True
+            self._deadline = deadline
+            loop = asyncio.get_running_loop()
+            # asyncio's clock is time.monotonic
+            loop.call_at(loop.time() + (deadline - time.monotonic()), self._shutdown.set)
+        return self._deadline
 
     async def stop(self) -> None:
-        """Stop taking requests and let the queues finish their work within the shutdown timeout."""
-        self._accepting = False
-        self._stopping = True
-        if self._loader is not None:
-            await asyncio.shield(self._loader)
+        """Stop taking requests, let the queues finish their work until the shutdown deadline, then stop them."""
+        deadline = self.begin_shutdown(time.monotonic() + self.settings.shutdown_timeout_s)
+        if self._loaded is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._loaded), max(0.0, deadline - time.monotonic()))
         queues = [m.queue for m in self.models.values() if m.queue is not None]
-        timeout = self.settings.shutdown_timeout_s
-        await asyncio.gather(*(asyncio.to_thread(q.close, timeout) for q in queues))
+        # A batch checks between denoising steps whether anyone still waits: a short grace lets it notice.
+        remaining = max(0.0, deadline - time.monotonic()) + STOP_GRACE_S
+        await asyncio.gather(*(asyncio.to_thread(q.close, remaining) for q in queues))
 
     @property
     def accepting(self) -> bool:
@@ -152,14 +189,18 @@ class Runtime:
         return self.models.get((dataset, sampler))
 
     # ----- loading (background thread) -----
-    def _load_all(self) -> None:
-        for served in self.models.values():
-            if served.state is ModelState.NOT_INSTALLED:
-                continue
-            if self._stopping:
-                served.state, served.reason = ModelState.FAILED, "server shut down before the model loaded"
-                continue
-            self._load_one(served)
+    def _load_all(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future[None]) -> None:
+        try:
+            for served in self.models.values():
+                if served.state is ModelState.NOT_INSTALLED:
+                    continue
+                if self._stopping:
+                    served.state, served.reason = ModelState.FAILED, "server shut down before the model loaded"
+                    continue
+                self._load_one(served)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_set_done, loaded)
 
     def _load_one(self, served: ServedModel) -> None:
         entry, settings = served.entry, self.settings
@@ -192,6 +233,10 @@ class Runtime:
         try:
             if settings.warmup:
                 self._warm_up(served, sampler, queue)
+        except SamplingStoppedError:
+            served.state, served.reason = ModelState.FAILED, "server shut down during warm-up"
+            logger.info("%s: warm-up stopped (shutting down)", entry.name)
+            return
         except Exception as exc:
             served.state, served.reason = ModelState.FAILED, f"warm-up failed: {type(exc).__name__}: {exc}"
             logger.exception("%s: warm-up failed", entry.name)
@@ -216,9 +261,14 @@ class Runtime:
         info = sampler.info
         steps = max(info.min_steps, min(WARMUP_STEPS, info.default_steps))
         sizes = served.entry.batch_sizes
-        sampler.sample([0], steps=steps)  # the cold call: lazy initialisation, allocator growth
+        sampler.sample([0], steps=steps, progress=self._stop_if_shutting_down)  # the cold call: lazy init
         for size in sizes:
             started = time.monotonic()
-            sampler.sample(list(range(size)), steps=steps)
+            sampler.sample(list(range(size)), steps=steps, progress=self._stop_if_shutting_down)
             served.warmup[size] = time.monotonic() - started
         queue.record_throughput(sizes[-1] * steps, served.warmup[sizes[-1]])
+
+    def _stop_if_shutting_down(self, done: int, total: int) -> None:
+        """Warm-up's progress hook: SIGTERM must not wait for a warm-up (minutes for large models on a CPU)."""
+        if self._stopping:
+            raise SamplingStoppedError

@@ -53,12 +53,11 @@ class GenerationService:
         self.png_pool = ThreadPoolExecutor(settings.png_workers, thread_name_prefix="png")
         self.in_flight = 0  # /generate requests past validation (event-loop side only)
 
-    async def stop(self, timeout_s: float) -> None:
-        """Requests whose images are done still encode them on the pool: let them finish first."""
-        give_up = time.monotonic() + timeout_s
-        while self.in_flight and time.monotonic() < give_up:
+    async def stop(self, deadline: float) -> None:
+        """Requests whose images are done still encode them on the pool: let them finish until `deadline`."""
+        while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        self.png_pool.shutdown(wait=True)
+        self.png_pool.shutdown(wait=False, cancel_futures=True)
 
     async def generate(
         self, body: GenerateRequest, media_type: str, request_id: str, client_gone: Callable[[], Awaitable[Any]]

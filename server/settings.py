@@ -40,7 +40,12 @@ class ServerSettings(BaseSettings):
     png_workers: int = Field(default_factory=_default_png_workers, ge=1, le=64)
     png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level of the PNGs (1: fast)")
     warmup: bool = Field(default=True, description="run every model at its batch sizes before /readyz turns ready")
-    shutdown_timeout_s: float = Field(default=30.0, ge=0, description="how long shutdown waits for queued work")
+    shutdown_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="on SIGTERM, how long queued work may finish; then 503 shutting_down (0: at once)",
+    )
     torch_threads: int | None = Field(
         default=None, ge=1, le=512, description="torch intra-op threads (default: torch's choice, one per core)"
     )

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ddgan.model.images import to_uint8
-from ddgan.model.sampler import Sampler
-from ddgan.server.batching import Slice
+from ddgan.model.sampler import Sampler, SamplingStoppedError
+from ddgan.server.batching import BatchAbandonedError, Slice
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,26 @@ class ImageWork:
 
 
 def run_image_batch(sampler: Sampler, slices: list[Slice]) -> list[np.ndarray]:
-    """One sampler call for every slice of the batch (images of different steps share it); uint8 per slice."""
+    """One sampler call for every slice of the batch (images of different steps share it); uint8 per slice.
+
+    Raises `BatchAbandonedError` when no request waits for the batch any more (checked at every denoising step).
+    """
     seeds: list[int] = []
     steps: list[int] = []
     for piece in slices:
         work: ImageWork = piece.payload
         seeds += work.seeds[piece.start : piece.start + piece.count]
         steps += [work.steps] * piece.count
-    images = to_uint8(sampler.sample(seeds, steps=steps))
+
+    def stop_when_abandoned(done: int, total: int) -> None:
+        # Every request of the batch gave up (shutdown, deadline, disconnect): stop at this denoising step.
+        if all(piece.ticket.finished for piece in slices):
+            raise SamplingStoppedError
+
+    try:
+        images = to_uint8(sampler.sample(seeds, steps=steps, progress=stop_when_abandoned))
+    except SamplingStoppedError:
+        raise BatchAbandonedError from None
     if images.shape[0] != len(seeds):
         raise RuntimeError(f"sampler returned {images.shape[0]} images for {len(seeds)} seeds")
     bounds = np.cumsum([piece.count for piece in slices])[:-1]
