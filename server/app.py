@@ -62,17 +62,21 @@ def create_app(
     app.state.engine = engine
     app.state.service = service
 
-    def count_rejected(request: Request, status: int) -> None:
-        # /generate requests refused before the handler ran (bad JSON, wrong types, auth) still count.
-        if request.url.path == "/generate" and not getattr(request.state, "metrics_recorded", False):
+    def count_rejected(path: str, status: int) -> None:
+        # /generate requests refused before the handler ran (size, bad JSON, wrong types, auth) still count.
+        if path == "/generate":
             metrics.observe_request(UNKNOWN, UNKNOWN, status, 0.0)
+
+    def count_error(request: Request, status: int) -> None:
+        if not getattr(request.state, "metrics_recorded", False):
+            count_rejected(request.url.path, status)
             request.state.metrics_recorded = True
 
-    install_error_handlers(app, on_error=count_rejected)
+    install_error_handlers(app, on_error=count_error)
     app.include_router(generate.router)
     app.include_router(models.router)
     app.include_router(health.router)
     # Last added is outermost: the request context wraps the body limit, so a 413 also carries X-Request-ID.
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes, on_rejected=count_rejected)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -13,6 +13,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -74,9 +75,12 @@ class RequestContextMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    """`on_rejected(path, status)` counts a request answered here (it never reaches a route)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, on_rejected: Callable[[str, int], None]) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.on_rejected = on_rejected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,6 +91,7 @@ class BodySizeLimitMiddleware:
         if length is not None and length.isdigit() and int(length) > limit:
             request_id = scope.get("state", {}).get("request_id")
             await _send_error(send, 413, "payload_too_large", f"request body exceeds {limit} bytes", request_id)
+            self.on_rejected(scope["path"], 413)
             return
         received = 0
 

@@ -98,9 +98,11 @@ class ModelEntry(BaseModel):
     def install_hint(self) -> str:
         if self.install:
             return self.install
+        # The directory relative to the registry: clients see this hint, the host's absolute paths are not theirs.
+        target = f"<registry folder>/{self.path.name}"
         if self.sampler == "ddpm":
-            return f"ddgan train-ddpm --dataset {self.dataset} -o {self.path}"
-        return f"ddgan convert <official netG_*.pth> --preset {self.preset or self.dataset} -o {self.path}"
+            return f"ddgan train-ddpm --dataset {self.dataset} -o {target}"
+        return f"ddgan convert <official netG_*.pth> --preset {self.preset or self.dataset} -o {target}"
 
 
 class Registry(BaseModel):

@@ -29,6 +29,7 @@ from ddgan.server.loader import (
     load_entry,
     not_installed_reason,
     weights_present,
+    without_paths,
 )
 from ddgan.server.metrics import ServerMetrics
 from ddgan.server.registry import ModelEntry, Registry
@@ -174,13 +175,13 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        """Every installed model is warmed up (models without weights are reported, not waited for)."""
+        """Accepting, and no model still loading or warming, at least one serving (`DDGAN_READINESS=available`);
+        strict: also none failed. Models without weights are reported (404 with the install command), not waited
+        for; a failed model is listed in /readyz and answers 503 itself, so it does not take the others down."""
         states = [m.state for m in self.models.values()]
-        return (
-            self._accepting
-            and ModelState.READY in states
-            and all(s in (ModelState.READY, ModelState.NOT_INSTALLED) for s in states)
-        )
+        settled = not any(s in (ModelState.LOADING, ModelState.WARMING) for s in states)
+        strict_ok = self.settings.readiness != "strict" or ModelState.FAILED not in states
+        return self._accepting and settled and ModelState.READY in states and strict_ok
 
     def handles(self) -> list[ModelHandle]:
         return list(self.models.values())
@@ -210,14 +211,14 @@ class Runtime:
             )
         except ModelNotInstalledError as exc:
             served.state, served.reason = ModelState.NOT_INSTALLED, exc.reason
-            logger.warning("%s: %s", entry.name, exc.reason)
+            logger.warning("%s: %s", entry.name, exc.detail)
             return
         except ModelUnavailableError as exc:
             served.state, served.reason = ModelState.FAILED, exc.reason
-            logger.error("%s: %s", entry.name, exc.reason)
+            logger.error("%s: %s", entry.name, exc.detail)
             return
         except Exception as exc:  # a bug or a corrupt file must not take the other models down
-            served.state, served.reason = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
+            served.state, served.reason = ModelState.FAILED, without_paths(f"{type(exc).__name__}: {exc}")
             logger.exception("%s: loading failed", entry.name)
             return
         served.sampler = sampler
@@ -238,7 +239,8 @@ class Runtime:
             logger.info("%s: warm-up stopped (shutting down)", entry.name)
             return
         except Exception as exc:
-            served.state, served.reason = ModelState.FAILED, f"warm-up failed: {type(exc).__name__}: {exc}"
+            reason = without_paths(f"warm-up failed: {type(exc).__name__}: {exc}")
+            served.state, served.reason = ModelState.FAILED, reason
             logger.exception("%s: warm-up failed", entry.name)
             return
         served.queue = queue

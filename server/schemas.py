@@ -101,11 +101,17 @@ class Health(BaseModel):
 
 
 class ModelReadiness(BaseModel):
-    model: str
-    state: str
-    reason: str | None
+    model: str = Field(description="dataset/sampler")
+    dataset: str
+    sampler: Literal["ddgan", "ddpm"]
+    state: Literal["loading", "warming", "ready", "not_installed", "failed"]
+    reason: str | None = Field(description="why the model is not ready (never a filesystem path)")
 
 
 class Readiness(BaseModel):
     ready: bool
+    mode: Literal["available", "strict"] = Field(
+        description="available: ready once every model that can load has; strict: 503 while any failed"
+    )
+    failed: list[ModelReadiness] = Field(description="models that could not load or warm up")
     models: list[ModelReadiness]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,8 @@ from ddgan.server.errors import APIError
 from ddgan.server.metrics import UNKNOWN, ServerMetrics
 from ddgan.server.schemas import GenerateRequest, GenerateResponse, LatencyMs
 from ddgan.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request": only ever seen in metrics and logs
 
@@ -151,7 +154,10 @@ class GenerationService:
         except DeadlineExceededError:
             raise APIError(504, "deadline_exceeded", f"no result within {timeout_s:.3g} s") from None
         except BatchFailedError as exc:
-            raise APIError(500, "generation_failed", f"the batch holding this request failed: {exc}") from None
+            # The exception text may name files or internals: it goes to the log, the client gets the request id.
+            logger.error("request %s: the batch holding it failed: %s", request_id, exc)
+            message = f"image generation failed; the server log has the details under request id {request_id}"
+            raise APIError(500, "generation_failed", message) from None
         return await self._render(body, info, media_type, request_id, seeds, steps, seed, generated, started)
 
     async def _render(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,11 @@ class ServerSettings(BaseSettings):
     png_workers: int = Field(default_factory=_default_png_workers, ge=1, le=64)
     png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level of the PNGs (1: fast)")
     warmup: bool = Field(default=True, description="run every model at its batch sizes before /readyz turns ready")
+    readiness: Literal["available", "strict"] = Field(
+        default="available",
+        description="/readyz: 'available' is ready once every model that can load has (failed ones are listed); "
+        "'strict' stays 503 while any model failed",
+    )
     shutdown_timeout_s: float = Field(
         default=30.0,
         ge=0,
@@ -55,6 +61,14 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("api_key")
+    @classmethod
+    def _real_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty key would turn auth on and accept `Authorization: Bearer ` (nothing): refuse to start.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("DDGAN_API_KEY is set but empty or whitespace: set a real key, or unset it for no auth")
+        return value
 
     @field_validator("log_level")
     @classmethod
