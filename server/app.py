@@ -77,6 +77,11 @@ def create_app(
     app.include_router(models.router)
     app.include_router(health.router)
     # Last added is outermost: the request context wraps the body limit, so a 413 also carries X-Request-ID.
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes, on_rejected=count_rejected)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        on_rejected=count_rejected,
+    )
     app.add_middleware(RequestContextMiddleware)
     return app

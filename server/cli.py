@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ddgan.server.app import create_app
-    from ddgan.server.http_server import ShutdownAwareServer, uvicorn_shutdown_timeout
+    from ddgan.server.http_server import ShutdownAwareServer, limited_http_protocol, uvicorn_shutdown_timeout
     from ddgan.server.registry import RegistryError
 
     try:
@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=uvicorn_shutdown_timeout(settings.shutdown_timeout_s),
+        http=limited_http_protocol(settings.max_header_bytes, settings.header_timeout_s),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        limit_concurrency=settings.max_connections,
         access_log=settings.log_level in ("debug", "trace"),
     )
     server = ShutdownAwareServer(config, app.state.engine.begin_shutdown, settings.shutdown_timeout_s)

@@ -2,7 +2,8 @@
 
 `RequestContextMiddleware`: a request id on every response (`X-Request-ID`, the client's if it is sane),
 `Server-Timing` on every response, and any unexpected exception answered as a 500 in the one error shape.
-`BodySizeLimitMiddleware`: bodies over the limit answer 413, by Content-Length or while streaming.
+`BodySizeLimitMiddleware`: bodies over the limit answer 413, by Content-Length or while streaming; a body that
+stalls for longer than the body timeout answers 408.
 """
 
 from __future__ import annotations
@@ -77,9 +78,12 @@ class RequestContextMiddleware:
 class BodySizeLimitMiddleware:
     """`on_rejected(path, status)` counts a request answered here (it never reaches a route)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int, on_rejected: Callable[[str, int], None]) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float, on_rejected: Callable[[str, int], None]
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
         self.on_rejected = on_rejected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,11 +98,18 @@ class BodySizeLimitMiddleware:
             self.on_rejected(scope["path"], 413)
             return
         received = 0
+        body_complete = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_complete
+            if body_complete:  # later receives wait for the disconnect: no timeout
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except TimeoutError:
+                raise HTTPException(408, f"request body stalled for {self.body_timeout_s:g} s") from None
             if message["type"] == "http.request":
+                body_complete = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > limit:
                     # FastAPI re-raises HTTPExceptions from body reading; the handler renders the error shape.

@@ -36,6 +36,19 @@ class ServerSettings(BaseSettings):
     backend: str | None = Field(default=None, description="override every DDGAN model's backend")
     api_key: SecretStr | None = Field(default=None, description="if set, /generate and /v1/models need `Bearer <key>`")
     max_body_bytes: int = Field(default=16 * 1024, ge=256, description="largest accepted request body")
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, le=1024 * 1024, description="largest request line + headers (431 beyond)"
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, allow_inf_nan=False, description="time a request's headers may take to arrive (408)"
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, allow_inf_nan=False, description="longest pause while a request body arrives (408)"
+    )
+    keep_alive_timeout_s: int = Field(default=5, ge=1, le=3600, description="idle keep-alive connections close")
+    max_connections: int = Field(
+        default=1024, ge=1, description="concurrent connections + requests; uvicorn answers 503 beyond"
+    )
     max_images_per_request: int = Field(default=64, ge=1, le=4096, description="upper bound of `n`")
     request_timeout_s: float = Field(default=120.0, gt=0, description="deadline of a /generate request (504 past it)")
     png_workers: int = Field(default_factory=_default_png_workers, ge=1, le=64)
