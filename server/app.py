@@ -11,10 +11,13 @@ from fastapi import FastAPI, Request
 
 from ddgan.export.backends import register as register_backends
 from ddgan.server.errors import install_error_handlers
+from ddgan.server.job_service import JobService
+from ddgan.server.jobs import Clock, JobStore
 from ddgan.server.metrics import UNKNOWN, ServerMetrics
 from ddgan.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from ddgan.server.registry import Registry, load_registry
 from ddgan.server.routes import generate, health, models
+from ddgan.server.routes import jobs as jobs_routes
 from ddgan.server.runtime import LoadModel, Runtime
 from ddgan.server.serving import GenerationService
 from ddgan.server.settings import ServerSettings
@@ -35,14 +38,21 @@ def create_app(
     *,
     registry: Registry | None = None,
     load_model: LoadModel | None = None,
+    job_clock: Clock = time.time,
 ) -> FastAPI:
-    """Build the app; `registry` defaults to `settings.registry`, `load_model` to `server.loader.load_entry`."""
+    """Build the app; `registry` defaults to `settings.registry`, `load_model` to `server.loader.load_entry`;
+    `job_clock` is the async jobs' clock (TTL tests pass a fake one)."""
     settings = settings or ServerSettings()
     registry = registry or load_registry(settings.registry)
     metrics = ServerMetrics()
     register_backends()
     engine = Runtime(settings, registry, metrics, load_model) if load_model else Runtime(settings, registry, metrics)
     service = GenerationService(engine, settings, metrics)
+    job_store = JobStore(
+        max_jobs=settings.jobs_max, ttl_s=settings.jobs_ttl_s, max_bytes=settings.jobs_max_bytes,
+        metrics=metrics, clock=job_clock,
+    )  # fmt: skip
+    jobs = JobService(service, job_store, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,6 +64,7 @@ def create_app(
             deadline = engine.begin_shutdown(time.monotonic() + settings.shutdown_timeout_s)
             logger.info("shutting down: finishing queued work (%.1f s left)", max(0.0, deadline - time.monotonic()))
             await engine.stop()
+            await jobs.stop(max(0.0, deadline - time.monotonic()))
             await service.stop(deadline)
 
     app = FastAPI(title="DDGAN inference server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
@@ -61,6 +72,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.engine = engine
     app.state.service = service
+    app.state.jobs = jobs
 
     def count_rejected(path: str, status: int) -> None:
         # /generate requests refused before the handler ran (size, bad JSON, wrong types, auth) still count.
@@ -74,6 +86,7 @@ def create_app(
 
     install_error_handlers(app, on_error=count_error)
     app.include_router(generate.router)
+    app.include_router(jobs_routes.router)
     app.include_router(models.router)
     app.include_router(health.router)
     # Last added is outermost: the request context wraps the body limit, so a 413 also carries X-Request-ID.

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ddgan.model.sampling import SamplingStoppedError
+
 logger = logging.getLogger(__name__)
 
 
@@ -41,10 +43,6 @@ class DeadlineExceededError(Exception):
 
 class BatchFailedError(Exception):
     """`run_batch` raised while running a batch that held this ticket's work."""
-
-
-class BatchAbandonedError(Exception):
-    """Raised by `run_batch` that stopped early because every ticket of its batch had finished (given up)."""
 
 
 class BatchObserver(Protocol):
@@ -239,8 +237,9 @@ class BatchQueue:
             results = self.run_batch(slices)
             if len(results) != len(slices):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(slices)} slices")
-        except BatchAbandonedError:
-            logger.info("%s: batch of %d units stopped: no request waits for it", self.name, units)
+        except SamplingStoppedError:
+            # Every ticket in the batch was given up while it ran: nothing to resolve, nothing measured.
+            logger.info("%s: batch of %d units stopped early, every ticket in it was given up", self.name, units)
             with self._cond:
                 self._running_work = 0.0
             return

@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-images-per-request", type=int, help="upper bound of n (default 64)")
     parser.add_argument("--request-timeout-s", type=float, help="per-request deadline, 504 past it (default 120)")
     parser.add_argument("--png-workers", type=int, help="PNG encoding threads (default min(4, CPUs))")
-    parser.add_argument("--torch-threads", type=int, help="torch intra-op threads (default: one per core)")
+    parser.add_argument(
+        "--torch-threads", type=int, help="torch intra-op threads (default: the CPUs this process may use)"
+    )
     parser.add_argument("--no-warmup", dest="warmup", action="store_const", const=False, help="skip warm-up")
     parser.add_argument("--log-level", help="critical, error, warning, info (default), debug")
     parser.set_defaults(handler=run)

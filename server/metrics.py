@@ -1,8 +1,9 @@
 """Prometheus metrics of the server: every series is defined and recorded here (the contract is in
 docs/architecture.md), the serving layer and the batch queues call the methods below.
 
-Base units; labels are `model` (dataset), `sampler` (ddgan/ddpm) and `status` (HTTP code) only, plus the
-info gauge. Each app owns its own `CollectorRegistry`, so several apps (tests) never collide.
+Base units; labels are `model` (dataset), `sampler` (ddgan/ddpm) and `status` (HTTP code), plus the info
+gauge and the async jobs' `state` and `reason`. Each app owns its own `CollectorRegistry`, so several apps
+(tests) never collide.
 """
 
 from __future__ import annotations
@@ -68,10 +69,24 @@ class ServerMetrics:
         self.queued_images = Gauge("ddgan_queued_images", "Images waiting for a batch", model, registry=registry)
         self.model_info = Gauge(
             "ddgan_model_info",
-            "Served models (=1): backend, device and whether the weights are real or random",
-            [*model, "backend", "device", "weights"],
+            "Served models (=1): backend, device, the dtype it computes in and whether the weights are real or random",
+            [*model, "backend", "device", "dtype", "weights"],
             registry=registry,
         )
+
+        # Async jobs (server/jobs.py): `state` is a job state, `reason` why a job was dropped before a client did.
+        self.jobs_submitted = Counter("ddgan_jobs_submitted", "Async jobs accepted", model, registry=registry)
+        self.jobs_finished = Counter(
+            "ddgan_jobs_finished", "Async jobs that reached a terminal state", [*model, "state"], registry=registry
+        )
+        self.jobs_rejected = Counter(
+            "ddgan_jobs_rejected", "Async jobs refused because every held job was live", registry=registry
+        )
+        self.jobs_evicted = Counter(
+            "ddgan_jobs_evicted", "Finished jobs dropped: expired, bytes or capacity", ["reason"], registry=registry
+        )
+        self.jobs_held = Gauge("ddgan_jobs", "Async jobs held, by state", ["state"], registry=registry)
+        self.job_result_bytes = Gauge("ddgan_job_result_bytes", "Bytes of finished job results held", registry=registry)
 
     def observe_request(self, model: str, sampler: str, status: int, seconds: float) -> None:
         self.request_latency.labels(model, sampler, str(status)).observe(seconds)
@@ -86,13 +101,33 @@ class ServerMetrics:
     def queue_observer(self, model: str, sampler: str) -> QueueMetrics:
         return QueueMetrics(self, model, sampler)
 
-    def set_model_info(self, model: str, sampler: str, backend: str, device: str, random_weights: bool) -> None:
-        self.model_info.labels(model, sampler, backend, device, "random" if random_weights else "real").set(1)
+    def set_model_info(
+        self, model: str, sampler: str, backend: str, device: str, dtype: str, random_weights: bool
+    ) -> None:
+        weights = "random" if random_weights else "real"
+        self.model_info.labels(model, sampler, backend, device, dtype, weights).set(1)
         # Series exported at 0 from the start: rate() cannot see the increase of a series whose first sample is
         # already non-zero, so a first burst of 503s would otherwise never reach the dashboard's error panel.
         for status in PREINITIALISED_STATUSES:
             self.requests.labels(model, sampler, status)
         self.in_flight.labels(model, sampler)
+
+    def job_submitted(self, model: str, sampler: str) -> None:
+        self.jobs_submitted.labels(model, sampler).inc()
+
+    def job_finished(self, model: str, sampler: str, state: str) -> None:
+        self.jobs_finished.labels(model, sampler, state).inc()
+
+    def job_rejected(self) -> None:
+        self.jobs_rejected.inc()
+
+    def job_evicted(self, reason: str) -> None:
+        self.jobs_evicted.labels(reason).inc()
+
+    def set_jobs(self, counts: dict[str, int], result_bytes: int) -> None:
+        for state, count in counts.items():
+            self.jobs_held.labels(state).set(count)
+        self.job_result_bytes.set(result_bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

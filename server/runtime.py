@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from ddgan.model.sampler import Sampler, SamplerInfo, SamplingStoppedError
+from ddgan.model.threads import set_threads
 from ddgan.server.batching import BatchQueue, DeadlineExceededError, QueueClosedError
 from ddgan.server.engine import ClientGoneError, Generated, ModelHandle, ModelState
 from ddgan.server.loader import (
@@ -34,12 +34,12 @@ from ddgan.server.loader import (
 from ddgan.server.metrics import ServerMetrics
 from ddgan.server.registry import ModelEntry, Registry
 from ddgan.server.settings import ServerSettings
-from ddgan.server.work import ImageWork, run_image_batch
+from ddgan.server.warmup import warm_up, without_warm_up
+from ddgan.server.work import ImageWork, WorkProgress, run_image_batch
 
 logger = logging.getLogger(__name__)
 
 LoadModel = Callable[..., Sampler]
-WARMUP_STEPS = 2  # enough to compile/allocate every kernel a many-step loop uses
 STOP_GRACE_S = 0.5  # past the shutdown deadline: how long a running batch gets to reach its next step
 
 
@@ -53,6 +53,7 @@ class ServedModel:
     sampler: Sampler | None = None
     queue: BatchQueue | None = None
     warmup: dict[int, float] = field(default_factory=dict)  # batch size -> seconds
+    micro_batch_choice: str | None = None  # how the fixed forward size was chosen (None: not batch-invariant)
     shutdown: asyncio.Event = field(default_factory=asyncio.Event)  # set at the shutdown deadline
 
     @property
@@ -64,11 +65,16 @@ class ServedModel:
         return self.queue.queued_units if self.queue else 0
 
     async def generate(
-        self, seeds: list[int], steps: int, deadline: float, client_gone: Callable[[], Awaitable[Any]]
+        self,
+        seeds: list[int],
+        steps: int,
+        deadline: float,
+        client_gone: Callable[[], Awaitable[Any]],
+        progress: WorkProgress | None = None,
     ) -> Generated:
         """Queue the images, wait for them (deadline, disconnect, shutdown), cancel what is left when giving up."""
         assert self.queue is not None
-        ticket = self.queue.submit(ImageWork(seeds, steps), len(seeds), steps, deadline)
+        ticket = self.queue.submit(ImageWork(seeds, steps, progress), len(seeds), steps, deadline)
         watcher: asyncio.Future[Any] = asyncio.ensure_future(client_gone())
         aborted = asyncio.ensure_future(self.shutdown.wait())
         try:
@@ -125,8 +131,8 @@ class Runtime:
 
     # ----- lifecycle -----
     async def start(self) -> None:
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        threads = set_threads(self.settings.torch_threads)
+        logger.info("torch intra-op threads: %d (%s)", threads, "setting" if self.settings.torch_threads else "default")
         self._accepting = True
         # Missing weights are known at once (404 with the install command), not after the others have loaded.
         if not self.settings.random_weights:
@@ -221,19 +227,12 @@ class Runtime:
             served.state, served.reason = ModelState.FAILED, without_paths(f"{type(exc).__name__}: {exc}")
             logger.exception("%s: loading failed", entry.name)
             return
-        served.sampler = sampler
-        queue = BatchQueue(
-            entry.name,
-            functools.partial(run_image_batch, sampler),
-            max_batch_units=entry.max_batch_images,
-            max_wait_s=entry.max_wait_ms / 1000,
-            max_queue_units=entry.max_queue_images,
-            observer=self.metrics.queue_observer(entry.dataset, entry.sampler),
-        )
         served.state, served.reason = ModelState.WARMING, "warming up"
         try:
             if settings.warmup:
-                self._warm_up(served, sampler, queue)
+                warmed = warm_up(entry, sampler, progress=self._stop_if_shutting_down)
+            else:
+                warmed = without_warm_up(entry, sampler)
         except SamplingStoppedError:
             served.state, served.reason = ModelState.FAILED, "server shut down during warm-up"
             logger.info("%s: warm-up stopped (shutting down)", entry.name)
@@ -243,34 +242,38 @@ class Runtime:
             served.state, served.reason = ModelState.FAILED, reason
             logger.exception("%s: warm-up failed", entry.name)
             return
+        sampler = warmed.sampler
+        served.sampler, served.warmup, served.micro_batch_choice = sampler, warmed.seconds, warmed.micro_batch_choice
+        queue = BatchQueue(
+            entry.name,
+            functools.partial(run_image_batch, sampler),
+            max_batch_units=entry.max_batch_images,
+            max_wait_s=entry.max_wait_ms / 1000,
+            max_queue_units=entry.max_queue_images,
+            observer=self.metrics.queue_observer(entry.dataset, entry.sampler),
+        )
+        if warmed.throughput_sample is not None:
+            queue.record_throughput(*warmed.throughput_sample)
         served.queue = queue
         queue.start()
         info = sampler.info
-        self.metrics.set_model_info(entry.dataset, entry.sampler, info.backend, info.device, info.random_weights)
+        self.metrics.set_model_info(
+            entry.dataset, entry.sampler, info.backend, info.device, info.dtype, info.random_weights
+        )
         served.state, served.reason = ModelState.READY, None
         logger.info(
-            "%s ready: backend=%s device=%s dtype=%s weights=%s warm-up %s",
+            "%s ready: backend=%s device=%s dtype=%s weights=%s micro_batch=%s (%s) warm-up %s",
             entry.name,
             info.backend,
             info.device,
             info.dtype,
             "random" if info.random_weights else "real",
-            {size: f"{seconds * 1000:.0f} ms" for size, seconds in served.warmup.items()},
+            info.micro_batch,
+            served.micro_batch_choice or "batch_invariant = false",
+            {size: f"{seconds * 1000 / size:.1f} ms/image" for size, seconds in served.warmup.items()},
         )
-
-    def _warm_up(self, served: ServedModel, sampler: Sampler, queue: BatchQueue) -> None:
-        """Run each batch size once (first-call allocation, autotuning) and seed the throughput estimate."""
-        info = sampler.info
-        steps = max(info.min_steps, min(WARMUP_STEPS, info.default_steps))
-        sizes = served.entry.batch_sizes
-        sampler.sample([0], steps=steps, progress=self._stop_if_shutting_down)  # the cold call: lazy init
-        for size in sizes:
-            started = time.monotonic()
-            sampler.sample(list(range(size)), steps=steps, progress=self._stop_if_shutting_down)
-            served.warmup[size] = time.monotonic() - started
-        queue.record_throughput(sizes[-1] * steps, served.warmup[sizes[-1]])
 
     def _stop_if_shutting_down(self, done: int, total: int) -> None:
         """Warm-up's progress hook: SIGTERM must not wait for a warm-up (minutes for large models on a CPU)."""
         if self._stopping:
-            raise SamplingStoppedError
+            raise SamplingStoppedError("shutting down")

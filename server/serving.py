@@ -43,6 +43,17 @@ class Rendered:
     server_timing: list[tuple[str, float]]
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """A request checked against its model: what to queue."""
+
+    model: ModelHandle
+    info: SamplerInfo
+    seeds: list[int]
+    steps: int
+    seed: int
+
+
 def invalid(field: str, message: str) -> APIError:
     detail = {"field": field, "message": message, "type": "value_error"}
     return APIError(422, "invalid_request", f"{field}: {message}", details=[detail])
@@ -90,6 +101,14 @@ class GenerationService:
             raise
         finally:
             self.metrics.observe_request(*labels, status, time.perf_counter() - started)
+
+    def admit(self, body: GenerateRequest) -> Admitted:
+        """The model and checked seeds/steps of a request (an async job's), or the APIError /generate answers."""
+        served = self._served_model(body)
+        info = served.info
+        assert info is not None
+        seeds, steps, seed = self._check(body, served, info)
+        return Admitted(served, info, seeds, steps, seed)
 
     def _served_model(self, body: GenerateRequest) -> ModelHandle:
         engine = self.engine
@@ -158,9 +177,9 @@ class GenerationService:
             logger.error("request %s: the batch holding it failed: %s", request_id, exc)
             message = f"image generation failed; the server log has the details under request id {request_id}"
             raise APIError(500, "generation_failed", message) from None
-        return await self._render(body, info, media_type, request_id, seeds, steps, seed, generated, started)
+        return await self.render(body, info, media_type, request_id, seeds, steps, seed, generated, started)
 
-    async def _render(
+    async def render(
         self,
         body: GenerateRequest,
         info: SamplerInfo,
@@ -172,6 +191,7 @@ class GenerationService:
         result: Generated,
         started: float,
     ) -> Rendered:
+        """Encode generated images as `media_type` (also an async job's result); `started` is perf_counter time."""
         images = result.images
         encode_started = time.perf_counter()
         pool, workers, level = self.png_pool, self.settings.png_workers, self.settings.png_compress_level
@@ -194,6 +214,7 @@ class GenerationService:
             "X-Seed": str(seed),
             "X-Image-Count": str(len(seeds)),
             "X-Weights": "random" if info.random_weights else "real",
+            "X-Dtype": info.dtype,
         }
         channels, height, width = images.shape[3], images.shape[1], images.shape[2]
         payload = GenerateResponse(
@@ -208,6 +229,7 @@ class GenerationService:
             channels=channels,
             backend=info.backend,
             device=info.device,
+            dtype=info.dtype,
             random_weights=info.random_weights,
             images=[],
             latency_ms=latency,

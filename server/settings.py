@@ -6,19 +6,20 @@ to the whole process. Every field can be set as `DDGAN_<FIELD>` (e.g. `DDGAN_API
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ddgan.model.threads import available_cpus
+
 # The registry shipped with the repository (and copied into the docker image beside the bundled models).
 DEFAULT_REGISTRY = Path(__file__).resolve().parents[1] / "models" / "registry.toml"
 
 
 def _default_png_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, available_cpus()))
 
 
 class ServerSettings(BaseSettings):
@@ -66,9 +67,19 @@ class ServerSettings(BaseSettings):
         description="on SIGTERM, how long queued work may finish; then 503 shutting_down (0: at once)",
     )
     torch_threads: int | None = Field(
-        default=None, ge=1, le=512, description="torch intra-op threads (default: torch's choice, one per core)"
+        default=None,
+        ge=1,
+        le=512,
+        description="torch intra-op threads (default: OMP_NUM_THREADS, else the CPUs of the affinity mask and cgroup "
+        "quota: more threads than CPUs preempt each other, see ddgan.model.threads)",
     )
     log_level: str = Field(default="info", description="uvicorn and server log level")
+    jobs_max: int = Field(default=64, ge=1, le=100_000, description="async jobs held at once (any state)")
+    jobs_ttl_s: float = Field(default=600.0, gt=0, description="how long a finished job and its result are kept")
+    jobs_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1, description="raw image bytes of finished job results kept at once"
+    )
+    jobs_timeout_s: float = Field(default=3600.0, gt=0, description="deadline of one async job, queueing included")
 
     @field_validator("device", "backend")
     @classmethod

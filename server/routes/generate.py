@@ -31,7 +31,7 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {PNG: {}, ZIP: {}},
         "description": "JSON with base64 PNGs (default), one grid PNG (Accept: image/png) or a ZIP of PNGs "
-        "(Accept: application/zip). Headers: X-Request-ID, Server-Timing, X-Seed, X-Image-Count, X-Weights.",
+        "(Accept: application/zip). Headers: X-Request-ID, Server-Timing, X-Seed, X-Image-Count, X-Weights, X-Dtype.",
     },
 }
 
