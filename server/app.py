@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 
@@ -84,6 +85,17 @@ def create_app(
             count_rejected(request.url.path, status)
             request.state.metrics_recorded = True
 
+    def openapi() -> dict[str, Any]:
+        # The schema states this server's limit of `n`, so a body it rejects with 422 is invalid under it.
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            for name in ("GenerateRequest",):
+                fields = schema.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {})
+                if "n" in fields:
+                    fields["n"]["maximum"] = settings.max_images_per_request
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
     install_error_handlers(app, on_error=count_error)
     app.include_router(generate.router)
     app.include_router(jobs_routes.router)

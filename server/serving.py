@@ -55,8 +55,15 @@ class Admitted:
 
 
 def invalid(field: str, message: str) -> APIError:
+    """A 422: the body breaks the OpenAPI schema (which carries the server's limits, e.g. n's maximum)."""
     detail = {"field": field, "message": message, "type": "value_error"}
     return APIError(422, "invalid_request", f"{field}: {message}", details=[detail])
+
+
+def unsupported(field: str, message: str) -> APIError:
+    """A 400: valid under the schema, but the chosen model cannot run it (the schema cannot say per model)."""
+    detail = {"field": field, "message": message, "type": "unsupported_by_model"}
+    return APIError(400, "unsupported_by_model", f"{field}: {message}", details=[detail])
 
 
 class GenerationService:
@@ -128,20 +135,20 @@ class GenerationService:
         return served
 
     def _check(self, body: GenerateRequest, served: ModelHandle, info: SamplerInfo) -> tuple[list[int], int, int]:
-        """(seeds, steps, seed) of a request, or a 422 naming the field."""
+        """(seeds, steps, seed) of a request, or a 422 / 400 naming the field."""
         if body.n > self.settings.max_images_per_request:
             raise invalid("body.n", f"must be between 1 and {self.settings.max_images_per_request}")
         if body.n > served.entry.max_queue_images:
-            raise invalid("body.n", f"must be at most {served.entry.max_queue_images} for {served.entry.name}")
+            raise unsupported("body.n", f"must be at most {served.entry.max_queue_images} for {served.entry.name}")
         try:
             steps = info.check_steps(body.steps)
         except StepsError as exc:
-            raise invalid("body.steps", f"{exc} ({served.entry.name})") from None
+            raise unsupported("body.steps", f"{exc} ({served.entry.name})") from None
         seed = body.seed if body.seed is not None else random_seed()
         try:
             seeds = image_seeds(seed, body.n)
         except ValueError as exc:
-            raise invalid("body.seed", str(exc)) from None
+            raise unsupported("body.seed", str(exc)) from None
         return seeds, steps, seed
 
     async def _generate(
