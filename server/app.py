@@ -45,6 +45,8 @@ def create_app(
     `job_clock` is the async jobs' clock (TTL tests pass a fake one)."""
     settings = settings or ServerSettings()
     registry = registry or load_registry(settings.registry)
+    if settings.model_names:
+        registry = registry.only(settings.model_names)
     metrics = ServerMetrics()
     register_backends()
     engine = Runtime(settings, registry, metrics, load_model) if load_model else Runtime(settings, registry, metrics)

@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         const=True,
         help="serve every architecture with random weights: for latency work only (responses and metrics say so)",
     )
+    parser.add_argument(
+        "--models", help="serve only these registry models: comma list of dataset or dataset/sampler (default all)"
+    )
     parser.add_argument("--device", help="override every model's device: cpu, cuda, cuda:N, auto")
     parser.add_argument("--backend", help="override every DDGAN model's backend: torch, onnxruntime, tensorrt ...")
     parser.add_argument("--max-images-per-request", type=int, help="upper bound of n (default 64)")
@@ -45,7 +48,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     from ddgan.server.settings import ServerSettings
 
     fields = (
-        "registry", "host", "port", "random_weights", "device", "backend", "max_images_per_request",
+        "registry", "host", "port", "models", "random_weights", "device", "backend", "max_images_per_request",
         "request_timeout_s", "png_workers", "torch_threads", "warmup", "log_level",
     )  # fmt: skip
     overrides = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
@@ -69,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         sys.stderr.write(f"ddgan serve: {exc}\n")
         return 2
-    logging.getLogger().setLevel(settings.log_level.upper() if settings.log_level != "trace" else "DEBUG")
+    level = settings.log_level.upper() if settings.log_level != "trace" else "DEBUG"
+    # Our loggers at the server's level; third-party libraries stay at WARNING unless debugging.
+    logging.getLogger("ddgan").setLevel(level)
+    if level == "DEBUG":
+        logging.getLogger().setLevel(level)
     logger.info("serving %s on http://%s:%d", settings.registry, settings.host, settings.port)
     config = uvicorn.Config(
         app,

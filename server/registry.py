@@ -150,6 +150,14 @@ class Registry(BaseModel):
     def get(self, dataset: str, sampler: str) -> ModelEntry | None:
         return next((m for m in self.models if m.key == (dataset, sampler)), None)
 
+    def only(self, names: list[str]) -> Registry:
+        """The entries named `dataset` (both samplers) or `dataset/sampler`; an unknown name is a RegistryError."""
+        known = {m.name for m in self.models} | {m.dataset for m in self.models}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise RegistryError(f"models {', '.join(unknown)} not in the registry; it has {', '.join(sorted(known))}")
+        return Registry(models=[m for m in self.models if m.name in names or m.dataset in names])
+
 
 def _describe(error: ValidationError, source: str) -> str:
     lines = []

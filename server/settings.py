@@ -30,6 +30,11 @@ class ServerSettings(BaseSettings):
     registry: Path = Field(default=DEFAULT_REGISTRY, description="model registry TOML file")
     host: str = Field(default="127.0.0.1", description="interface uvicorn binds to")
     port: int = Field(default=8000, ge=0, le=65535)
+    models: str | None = Field(
+        default=None,
+        description="serve only these registry models: a comma list of `dataset` or `dataset/sampler` "
+        "(default: all); loading and warming fewer models makes the server ready sooner",
+    )
     random_weights: bool = Field(
         default=False, description="serve every DDGAN/DDPM architecture with random weights (latency work only)"
     )
@@ -80,6 +85,10 @@ class ServerSettings(BaseSettings):
         default=256 * 1024 * 1024, ge=1, description="raw image bytes of finished job results kept at once"
     )
     jobs_timeout_s: float = Field(default=3600.0, gt=0, description="deadline of one async job, queueing included")
+
+    @property
+    def model_names(self) -> list[str] | None:
+        return [name.strip() for name in self.models.split(",") if name.strip()] if self.models else None
 
     @field_validator("device", "backend")
     @classmethod

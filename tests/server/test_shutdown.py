@@ -76,3 +76,35 @@ async def test_zero_limit_answers_waiting_requests_at_once(tiny_models):
         await app.state.engine.stop()
         assert time.monotonic() - started < 2.0
     assert [5] not in samplers["ddgan"].calls  # the queued request never ran
+
+
+class SlowWarmUp:
+    """A sampler whose every call takes ~30 s of small steps (a large model warming up on a CPU)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.info = inner.info
+
+    def sample(self, seeds, steps=None, progress=None):
+        for step in range(3000):
+            time.sleep(0.01)
+            if progress is not None:
+                progress(step + 1, 3000)
+        return self.inner.sample(seeds, steps=steps)
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_shutdown_interrupts_a_warm_up(tiny_models):
+    from ddgan.server.loader import load_entry
+
+    app = make_app(tiny_registry(tiny_models), lambda entry, **kw: SlowWarmUp(load_entry(entry, **kw)))
+    async with app.router.lifespan_context(app):
+        engine = app.state.engine
+        while engine.lookup("mnist", "ddgan").state.value != "warming":
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await engine.stop()
+        assert time.monotonic() - started < 3.0
+        states = {m.entry.name: (m.state.value, m.reason) for m in engine.handles()}
+    assert states["mnist/ddgan"] == ("failed", "server shut down during warm-up")
+    assert states["mnist/ddpm"] == ("failed", "server shut down before the model loaded")
