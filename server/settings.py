@@ -41,6 +41,9 @@ class ServerSettings(BaseSettings):
     device: str | None = Field(default=None, description="override every model's device (cpu, cuda, cuda:1, auto)")
     backend: str | None = Field(default=None, description="override every DDGAN model's backend")
     api_key: SecretStr | None = Field(default=None, description="if set, /generate and /v1/models need `Bearer <key>`")
+    admin_key: SecretStr | None = Field(
+        default=None, description="enables POST /admin/reload for `Bearer <key>` (a key of its own, not api_key)"
+    )
     max_body_bytes: int = Field(default=16 * 1024, ge=256, description="largest accepted request body")
     max_header_bytes: int = Field(
         default=16 * 1024, ge=1024, le=1024 * 1024, description="largest request line + headers (431 beyond)"
@@ -59,6 +62,11 @@ class ServerSettings(BaseSettings):
     request_timeout_s: float = Field(default=120.0, gt=0, description="deadline of a /generate request (504 past it)")
     png_workers: int = Field(default_factory=_default_png_workers, ge=1, le=64)
     png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level of the PNGs (1: fast)")
+    png_cache_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="byte budget of the in-process LRU of encoded PNGs shared by /generate and /v1/images (0: off)",
+    )
     warmup: bool = Field(default=True, description="run every model at its batch sizes before /readyz turns ready")
     readiness: Literal["available", "strict"] = Field(
         default="available",
