@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 
@@ -53,6 +54,8 @@ def create_app(
     pass a fake one)."""
     settings = settings or ServerSettings()
     registry = registry or load_registry(settings.registry)
+    if settings.model_names:
+        registry = registry.only(settings.model_names)
     metrics = ServerMetrics()
     register_backends()
     engine: Engine
@@ -78,14 +81,16 @@ def create_app(
         try:
             yield
         finally:
-            logger.info("shutting down: finishing queued work (up to %.0f s)", settings.shutdown_timeout_s)
+            # `ddgan serve` began the shutdown at SIGTERM (server/http_server.py): one deadline for everything.
+            deadline = engine.begin_shutdown(time.monotonic() + settings.shutdown_timeout_s)
+            logger.info("shutting down: finishing queued work (%.1f s left)", max(0.0, deadline - time.monotonic()))
             if on_sighup is not None and reloader is not None:
                 on_sighup.close()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(reloader.wait_idle(), settings.shutdown_timeout_s)
+                    await asyncio.wait_for(reloader.wait_idle(), max(0.0, deadline - time.monotonic()))
             await engine.stop()
-            await jobs.stop(settings.shutdown_timeout_s)
-            await service.stop(settings.shutdown_timeout_s)
+            await jobs.stop(max(0.0, deadline - time.monotonic()))
+            await service.stop(deadline)
 
     app = FastAPI(title="DDGAN inference server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
@@ -95,13 +100,28 @@ def create_app(
     app.state.jobs = jobs
     app.state.reloader = reloader
 
-    def count_rejected(request: Request, status: int) -> None:
-        # /generate requests refused before the handler ran (bad JSON, wrong types, auth) still count.
-        if request.url.path == "/generate" and not getattr(request.state, "metrics_recorded", False):
+    def count_rejected(path: str, status: int) -> None:
+        # /generate requests refused before the handler ran (size, bad JSON, wrong types, auth) still count.
+        if path == "/generate":
             metrics.observe_request(UNKNOWN, UNKNOWN, status, 0.0)
+
+    def count_error(request: Request, status: int) -> None:
+        if not getattr(request.state, "metrics_recorded", False):
+            count_rejected(request.url.path, status)
             request.state.metrics_recorded = True
 
-    install_error_handlers(app, on_error=count_rejected)
+    def openapi() -> dict[str, Any]:
+        # The schema states this server's limit of `n`, so a body it rejects with 422 is invalid under it.
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            for name in ("GenerateRequest",):
+                fields = schema.get("components", {}).get("schemas", {}).get(name, {}).get("properties", {})
+                if "n" in fields:
+                    fields["n"]["maximum"] = settings.max_images_per_request
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
+    install_error_handlers(app, on_error=count_error)
     app.include_router(generate.router)
     app.include_router(images.router)
     app.include_router(jobs_routes.router)
@@ -110,6 +130,11 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(playground.router)
     # Last added is outermost: the request context wraps the body limit, so a 413 also carries X-Request-ID.
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        on_rejected=count_rejected,
+    )
     app.add_middleware(RequestContextMiddleware)
     return app

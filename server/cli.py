@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         const=True,
         help="serve every architecture with random weights: for latency work only (responses and metrics say so)",
     )
+    parser.add_argument(
+        "--models", help="serve only these registry models: comma list of dataset or dataset/sampler (default all)"
+    )
     parser.add_argument("--device", help="override every model's device: cpu, cuda, cuda:N, auto")
     parser.add_argument("--backend", help="override every DDGAN model's backend: torch, onnxruntime, tensorrt ...")
     parser.add_argument("--max-images-per-request", type=int, help="upper bound of n (default 64)")
@@ -56,7 +59,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     from ddgan.server.settings import ServerSettings
 
     fields = (
-        "registry", "host", "port", "random_weights", "device", "backend", "max_images_per_request",
+        "registry", "host", "port", "models", "random_weights", "device", "backend", "max_images_per_request",
         "request_timeout_s", "png_workers", "torch_threads", "warmup", "log_level",
     )  # fmt: skip
     overrides = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
@@ -67,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ddgan.server.app import create_app
+    from ddgan.server.http_server import ShutdownAwareServer, limited_http_protocol, uvicorn_shutdown_timeout
     from ddgan.server.registry import RegistryError
 
     try:
@@ -81,17 +85,26 @@ def run(args: argparse.Namespace) -> int:
     except RegistryError as exc:
         sys.stderr.write(f"ddgan serve: {exc}\n")
         return 2
-    logging.getLogger().setLevel(settings.log_level.upper() if settings.log_level != "trace" else "DEBUG")
+    level = settings.log_level.upper() if settings.log_level != "trace" else "DEBUG"
+    # Our loggers at the server's level; third-party libraries stay at WARNING unless debugging.
+    logging.getLogger("ddgan").setLevel(level)
+    if level == "DEBUG":
+        logging.getLogger().setLevel(level)
     logger.info("serving %s on http://%s:%d", settings.registry, settings.host, settings.port)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) or None,
+        timeout_graceful_shutdown=uvicorn_shutdown_timeout(settings.shutdown_timeout_s),
+        http=limited_http_protocol(settings.max_header_bytes, settings.header_timeout_s),
+        timeout_keep_alive=settings.keep_alive_timeout_s,
+        limit_concurrency=settings.max_connections,
         access_log=settings.log_level in ("debug", "trace"),
     )
-    return 0
+    server = ShutdownAwareServer(config, app.state.engine.begin_shutdown, settings.shutdown_timeout_s)
+    server.run()
+    return 0 if server.started else 3
 
 
 def _serve_on_ray(settings: Any, args: argparse.Namespace) -> int:

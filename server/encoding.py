@@ -24,30 +24,55 @@ JSON, PNG, ZIP = "application/json", "image/png", "application/zip"
 SUPPORTED = (JSON, PNG, ZIP)
 
 
+def _quality(value: str) -> float:
+    try:
+        quality = float(value)
+    except ValueError:
+        return 0.0
+    return quality if 0.0 <= quality <= 1.0 else 0.0
+
+
 def negotiate(accept: str | None) -> str:
-    """The media type to answer with; no Accept (or */*) means JSON; nothing acceptable is a 406."""
+    """The media type to answer with (RFC 9110 12.5.1); no Accept means JSON; nothing acceptable is a 406.
+
+    Each supported type takes the quality of the most specific range that matches it (`image/png` over `image/*`
+    over `*/*`), so `*/*, application/json;q=0` excludes JSON. The highest quality wins; ties go to the range
+    listed first, then to the order JSON, PNG, ZIP.
+    """
     if accept is None or not accept.strip():
         return JSON
-    ranges: list[tuple[float, int, str]] = []
+    ranges: list[tuple[str, str, float, int]] = []  # (type, subtype, quality, position)
     for position, part in enumerate(accept.split(",")):
         media, *params = (piece.strip().lower() for piece in part.split(";"))
+        kind, _, subtype = media.partition("/")
+        if not kind or not subtype:
+            continue
         quality = 1.0
         for param in params:
             name, _, value = param.partition("=")
             if name.strip() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        if media and quality > 0:
-            ranges.append((-quality, position, media))
-    for _, _, media in sorted(ranges):
-        kind, _, subtype = media.partition("/")
-        for candidate in SUPPORTED:
-            ckind, _, csubtype = candidate.partition("/")
-            if media == candidate or (kind == "*" and subtype == "*") or (kind == ckind and subtype == "*"):
-                return candidate
-    raise APIError(406, "not_acceptable", f"cannot answer with {accept!r}; supported: {', '.join(SUPPORTED)}")
+                quality = _quality(value.strip())
+        ranges.append((kind, subtype, quality, position))
+    best: tuple[float, int, int] | None = None
+    chosen = None
+    for order, candidate in enumerate(SUPPORTED):
+        ckind, _, csubtype = candidate.partition("/")
+        matches = [
+            (specificity, quality, position)
+            for kind, subtype, quality, position in ranges
+            for specificity in [2 if (kind, subtype) == (ckind, csubtype) else 1 if (kind, subtype) == (ckind, "*")
+                                else 0 if (kind, subtype) == ("*", "*") else -1]
+            if specificity >= 0
+        ]  # fmt: skip
+        if not matches:
+            continue
+        _, quality, position = max(matches, key=lambda m: (m[0], m[1]))  # the most specific range decides
+        key = (quality, -position, -order)
+        if quality > 0 and (best is None or key > best):
+            best, chosen = key, candidate
+    if chosen is None:
+        raise APIError(406, "not_acceptable", f"cannot answer with {accept!r}; supported: {', '.join(SUPPORTED)}")
+    return chosen
 
 
 def _encode_many(images: np.ndarray, compress_level: int) -> list[bytes]:

@@ -19,6 +19,7 @@ _HTTP_TYPES = {
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
+    408: "request_timeout",
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
@@ -78,6 +79,18 @@ def validation_error(exc: RequestValidationError) -> APIError:
     return APIError(422, "invalid_request", summary or "invalid request", details=details)
 
 
+def _unparsable_body(exc: StarletteHTTPException) -> APIError | None:
+    """FastAPI answers a body its JSON parser raised on (other than a syntax error) with a bare 400: say why."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        return APIError(400, "bad_json", "request body is not valid JSON: not UTF-8 text")
+    if isinstance(cause, RecursionError):
+        return APIError(400, "bad_json", "request body is not valid JSON: nested too deeply")
+    return APIError(400, "bad_json", f"request body is not valid JSON: {type(cause).__name__}")
+
+
 def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
     """`on_error(request, status)` lets the app count errors raised before a route ran (metrics)."""
 
@@ -96,7 +109,7 @@ def install_error_handlers(app: FastAPI, on_error: Any = None) -> None:
 
     async def _http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        error = APIError(
+        error = _unparsable_body(exc) or APIError(
             exc.status_code,
             _HTTP_TYPES.get(exc.status_code, "http_error"),
             str(exc.detail),

@@ -8,6 +8,9 @@ are `ModelNotInstalledError` (answered 404 with the install command); anything e
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePosixPath
+
 from ddgan.model.sampler import (
     Sampler,
     SamplerError,
@@ -18,13 +21,23 @@ from ddgan.model.sampler import (
 )
 from ddgan.server.registry import ModelEntry
 
+# An absolute POSIX path (not the tail of a URL or of a relative path).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])(?:/[^\s'\"`:,;()\[\]{}<>]+)+")
+
+
+def without_paths(text: str) -> str:
+    """`text` with each absolute filesystem path cut to its last component: clients see model reasons, the
+    layout of the host's disk is not theirs to know (the log keeps the full text)."""
+    return _ABSOLUTE_PATH.sub(lambda match: PurePosixPath(match.group()).name or "/", text)
+
 
 class ModelUnavailableError(Exception):
-    """A configured model cannot serve; `reason` is shown to clients and in /v1/models."""
+    """A configured model cannot serve; `reason` is shown to clients and in /v1/models, `detail` is logged."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
-        self.reason = reason
+        self.reason = without_paths(reason)
+        self.detail = detail or reason
 
 
 class ModelNotInstalledError(ModelUnavailableError):
@@ -36,7 +49,10 @@ class ModelLoadError(ModelUnavailableError):
 
 
 def not_installed_reason(entry: ModelEntry) -> str:
-    return f"weights for {entry.name} are not installed at {entry.path}; install them with: {entry.install_hint()}"
+    return (
+        f"weights for {entry.name} are not installed (model directory {entry.path.name!r}); "
+        f"install them with: {entry.install_hint()}"
+    )
 
 
 def weights_present(entry: ModelEntry) -> bool:
@@ -74,7 +90,7 @@ def load_entry(
             max_steps=entry.max_steps,
             options=entry.backend_options,
         )
-    except WeightsNotFoundError:
-        raise ModelNotInstalledError(not_installed_reason(entry)) from None
+    except WeightsNotFoundError as exc:
+        raise ModelNotInstalledError(not_installed_reason(entry), f"{entry.name}: {exc}") from None
     except SamplerError as exc:
         raise ModelLoadError(f"cannot load {entry.name}: {exc}") from None

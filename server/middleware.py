@@ -2,16 +2,19 @@
 
 `RequestContextMiddleware`: a request id on every response (`X-Request-ID`, the client's if it is sane),
 `Server-Timing` on every response, and any unexpected exception answered as a 500 in the one error shape.
-`BodySizeLimitMiddleware`: bodies over the limit answer 413, by Content-Length or while streaming.
+`BodySizeLimitMiddleware`: bodies over the limit answer 413, by Content-Length or while streaming; a body that
+stalls for longer than the body timeout answers 408.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -60,6 +63,12 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_context)
+        except asyncio.CancelledError:
+            # uvicorn cancels the requests still running when its shutdown wait ends: answer in our shape
+            # (not uvicorn's 500 text/plain); the task ends here, nothing else waits for it.
+            if not response_started:
+                message = "the server shut down before this request finished"
+                await _send_error(send_with_context, 503, "shutting_down", message, request_id)
         except Exception:
             logger.exception("unhandled error in %s %s (request %s)", scope.get("method"), scope["path"], request_id)
             if not response_started:
@@ -67,9 +76,15 @@ class RequestContextMiddleware:
 
 
 class BodySizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    """`on_rejected(path, status)` counts a request answered here (it never reaches a route)."""
+
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float, on_rejected: Callable[[str, int], None]
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
+        self.on_rejected = on_rejected
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,13 +95,21 @@ class BodySizeLimitMiddleware:
         if length is not None and length.isdigit() and int(length) > limit:
             request_id = scope.get("state", {}).get("request_id")
             await _send_error(send, 413, "payload_too_large", f"request body exceeds {limit} bytes", request_id)
+            self.on_rejected(scope["path"], 413)
             return
         received = 0
+        body_complete = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_complete
+            if body_complete:  # later receives wait for the disconnect: no timeout
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except TimeoutError:
+                raise HTTPException(408, f"request body stalled for {self.body_timeout_s:g} s") from None
             if message["type"] == "http.request":
+                body_complete = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > limit:
                     # FastAPI re-raises HTTPExceptions from body reading; the handler renders the error shape.

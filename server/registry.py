@@ -199,9 +199,11 @@ class ModelEntry(BaseModel):
     def install_hint(self) -> str:
         if self.install:
             return self.install
+        # The directory relative to the registry: clients see this hint, the host's absolute paths are not theirs.
+        target = f"<registry folder>/{self.path.name}"
         if self.sampler == "ddpm":
-            return f"ddgan train-ddpm --dataset {self.dataset} -o {self.path}"
-        return f"ddgan convert <official netG_*.pth> --preset {self.preset or self.dataset} -o {self.path}"
+            return f"ddgan train-ddpm --dataset {self.dataset} -o {target}"
+        return f"ddgan convert <official netG_*.pth> --preset {self.preset or self.dataset} -o {target}"
 
 
 class Registry(BaseModel):
@@ -220,6 +222,14 @@ class Registry(BaseModel):
 
     def get(self, dataset: str, sampler: str) -> ModelEntry | None:
         return next((m for m in self.models if m.key == (dataset, sampler)), None)
+
+    def only(self, names: list[str]) -> Registry:
+        """The entries named `dataset` (both samplers) or `dataset/sampler`; an unknown name is a RegistryError."""
+        known = {m.name for m in self.models} | {m.dataset for m in self.models}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise RegistryError(f"models {', '.join(unknown)} not in the registry; it has {', '.join(sorted(known))}")
+        return Registry(models=[m for m in self.models if m.name in names or m.dataset in names])
 
 
 def _describe(error: ValidationError, source: str) -> str:

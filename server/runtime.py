@@ -8,6 +8,7 @@ turns ready when every installed model has run its batch sizes once. A model's s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -20,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ddgan.model.sampler import Sampler, SamplerInfo
+from ddgan.model.sampler import Sampler, SamplerInfo, SamplingStoppedError
 from ddgan.model.threads import set_threads
-from ddgan.server.batching import BatchQueue, DeadlineExceededError, Worker
+from ddgan.server.batching import BatchQueue, DeadlineExceededError, QueueClosedError, Worker
 from ddgan.server.engine import ClientGoneError, Generated, ModelHandle, ModelState
 from ddgan.server.loader import (
     ModelNotInstalledError,
@@ -30,6 +31,7 @@ from ddgan.server.loader import (
     load_entry,
     not_installed_reason,
     weights_present,
+    without_paths,
 )
 from ddgan.server.metrics import ServerMetrics
 from ddgan.server.registry import ModelEntry, Registry
@@ -41,6 +43,7 @@ from ddgan.server.work import ImageWork, WorkProgress, image_batch_cost, run_ima
 logger = logging.getLogger(__name__)
 
 LoadModel = Callable[..., Sampler]
+STOP_GRACE_S = 0.5  # past the shutdown deadline: how long a running batch gets to reach its next step
 
 
 @dataclass(eq=False)
@@ -54,6 +57,7 @@ class ServedModel:
     queue: BatchQueue | None = None
     warmup: dict[int, float] = field(default_factory=dict)  # batch size -> seconds
     micro_batch_choice: str | None = None  # how the fixed forward size was chosen (None: not batch-invariant)
+    shutdown: asyncio.Event = field(default_factory=asyncio.Event)  # set at the shutdown deadline
 
     @property
     def info(self) -> SamplerInfo | None:
@@ -85,28 +89,39 @@ class ServedModel:
         progress: WorkProgress | None = None,
         priority: Priority = Priority.INTERACTIVE,
     ) -> Generated:
-        """Queue the images, wait for them (deadline, disconnect), cancel what is left when giving up."""
+        """Queue the images, wait for them (deadline, disconnect, shutdown), cancel what is left when giving up."""
         assert self.queue is not None
         ticket = self.queue.submit(ImageWork(seeds, steps, progress), len(seeds), steps, deadline, priority)
         watcher: asyncio.Future[Any] = asyncio.ensure_future(client_gone())
+        aborted = asyncio.ensure_future(self.shutdown.wait())
         try:
             done, _ = await asyncio.wait(
-                {ticket.future, watcher},
+                {ticket.future, watcher, aborted},
                 timeout=max(0.0, deadline - time.monotonic()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
+            if ticket.future.done():
+                result = ticket.future.result()  # or the queue's error
+                return Generated(np.concatenate(result.parts), result.queue_s, result.inference_s, result.batches)
         finally:
+            reason = "disconnected" if watcher.done() else "shutdown" if aborted.done() else "deadline"
             watcher.cancel()
-        if ticket.future.done():
-            result = ticket.future.result()  # or the queue's error
-            return Generated(np.concatenate(result.parts), result.queue_s, result.inference_s, result.batches)
-        # Give up: drop the images no batch has taken yet (a batch left with nobody stops at its next step).
-        gone = watcher in done
-        self.queue.cancel(ticket, "disconnected" if gone else "deadline")
-        ticket.future.cancel()
-        if gone:
+            aborted.cancel()
+            if not ticket.future.done():
+                # Giving up (also when uvicorn cancels this task): drop the images no batch has taken, stop a
+                # batch nobody else waits for, and make any late result a no-op.
+                self.queue.cancel(ticket, reason)
+                ticket.future.cancel()
+        if aborted in done:
+            raise QueueClosedError("the server shut down before this request finished")
+        if watcher in done:
             raise ClientGoneError
         raise DeadlineExceededError("no result before the deadline")
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Runtime:
@@ -123,11 +138,14 @@ class Runtime:
         self.registry = registry
         self.metrics = metrics
         self.load_model = load_model
-        self.models = {entry.key: ServedModel(entry) for entry in registry.models}
+        self._shutdown = asyncio.Event()  # set at the shutdown deadline: every waiting request answers 503
+        self.models = {entry.key: ServedModel(entry, shutdown=self._shutdown) for entry in registry.models}
         self._accepting = False
         self.started_at = time.time()
-        self._loader: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._loader: threading.Thread | None = None
+        self._loaded: asyncio.Future[None] | None = None
+        self._stopping = False  # read by the loader thread: no more loading, warm-up stops at its next step
+        self._deadline: float | None = None
 
     # ----- lifecycle -----
     async def start(self) -> None:
@@ -139,22 +157,41 @@ class Runtime:
             for served in self.models.values():
                 if not weights_present(served.entry):
                     served.state, served.reason = ModelState.NOT_INSTALLED, not_installed_reason(served.entry)
-        self._loader = asyncio.create_task(asyncio.to_thread(self._load_all), name="load-models")
+        loop = asyncio.get_running_loop()
+        self._loaded = loop.create_future()
+        # A daemon thread, not asyncio.to_thread: the loop's executor is joined at exit, and shutdown must not
+        # wait for a model that is still loading.
+        self._loader = threading.Thread(target=self._load_all, args=(loop, self._loaded), name="load-models")
+        self._loader.daemon = True
+        self._loader.start()
 
     async def wait_loaded(self, timeout_s: float | None = None) -> None:
         """Until every model left the loading/warming states (tests, `ddgan bench serve --spawn`)."""
-        if self._loader is not None:
-            await asyncio.wait_for(asyncio.shield(self._loader), timeout_s)
+        if self._loaded is not None:
+            await asyncio.wait_for(asyncio.shield(self._loaded), timeout_s)
+
+    def begin_shutdown(self, deadline: float) -> float:
+        """Refuse new requests now; at `deadline` (time.monotonic) every request still waiting answers 503 and
+        its work is dropped. The first call fixes the deadline (SIGTERM); it is returned."""
+        if self._deadline is None:
+            self._accepting = False
+            self._stopping = True
+            self._deadline = deadline
+            loop = asyncio.get_running_loop()
+            # asyncio's clock is time.monotonic
+            loop.call_at(loop.time() + (deadline - time.monotonic()), self._shutdown.set)
+        return self._deadline
 
     async def stop(self) -> None:
-        """Stop taking requests and let the queues finish their work within the shutdown timeout."""
-        self._accepting = False
-        self._stopping = True
-        if self._loader is not None:
-            await asyncio.shield(self._loader)
+        """Stop taking requests, let the queues finish their work until the shutdown deadline, then stop them."""
+        deadline = self.begin_shutdown(time.monotonic() + self.settings.shutdown_timeout_s)
+        if self._loaded is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._loaded), max(0.0, deadline - time.monotonic()))
         queues = [m.queue for m in self.models.values() if m.queue is not None]
-        timeout = self.settings.shutdown_timeout_s
-        await asyncio.gather(*(asyncio.to_thread(q.close, timeout) for q in queues))
+        # A batch checks between denoising steps whether anyone still waits: a short grace lets it notice.
+        remaining = max(0.0, deadline - time.monotonic()) + STOP_GRACE_S
+        await asyncio.gather(*(asyncio.to_thread(q.close, remaining) for q in queues))
 
     @property
     def accepting(self) -> bool:
@@ -162,13 +199,13 @@ class Runtime:
 
     @property
     def ready(self) -> bool:
-        """Every installed model is warmed up (models without weights are reported, not waited for)."""
+        """Accepting, and no model still loading or warming, at least one serving (`DDGAN_READINESS=available`);
+        strict: also none failed. Models without weights are reported (404 with the install command), not waited
+        for; a failed model is listed in /readyz and answers 503 itself, so it does not take the others down."""
         states = [m.state for m in self.models.values()]
-        return (
-            self._accepting
-            and ModelState.READY in states
-            and all(s in (ModelState.READY, ModelState.NOT_INSTALLED) for s in states)
-        )
+        settled = not any(s in (ModelState.LOADING, ModelState.WARMING) for s in states)
+        strict_ok = self.settings.readiness != "strict" or ModelState.FAILED not in states
+        return self._accepting and settled and ModelState.READY in states and strict_ok
 
     def handles(self) -> list[ModelHandle]:
         return list(self.models.values())
@@ -182,7 +219,7 @@ class Runtime:
     # ----- hot reload (server/reload.py decides what changes; these carry it out) -----
     def load_detached(self, entry: ModelEntry) -> ServedModel:
         """Load and warm a model without serving it yet (blocking: run it on a thread); its state says how it went."""
-        served = ServedModel(entry)
+        served = ServedModel(entry, shutdown=self._shutdown)
         if self._stopping:
             served.state, served.reason = ModelState.FAILED, "server shut down before the model loaded"
         elif not self.settings.random_weights and not weights_present(entry):
@@ -212,14 +249,18 @@ class Runtime:
         served.sampler = None  # the last reference: weights and device memory go with it
 
     # ----- loading (background thread) -----
-    def _load_all(self) -> None:
-        for served in list(self.models.values()):  # a hot reload may change the map meanwhile
-            if served.state is ModelState.NOT_INSTALLED:
-                continue
-            if self._stopping:
-                served.state, served.reason = ModelState.FAILED, "server shut down before the model loaded"
-                continue
-            self._load_one(served)
+    def _load_all(self, loop: asyncio.AbstractEventLoop, loaded: asyncio.Future[None]) -> None:
+        try:
+            for served in list(self.models.values()):  # a hot reload may change the map meanwhile
+                if served.state is ModelState.NOT_INSTALLED:
+                    continue
+                if self._stopping:
+                    served.state, served.reason = ModelState.FAILED, "server shut down before the model loaded"
+                    continue
+                self._load_one(served)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(_set_done, loaded)
 
     def _load_one(self, served: ServedModel) -> None:
         entry, settings = served.entry, self.settings
@@ -231,21 +272,26 @@ class Runtime:
             ]
         except ModelNotInstalledError as exc:
             served.state, served.reason = ModelState.NOT_INSTALLED, exc.reason
-            logger.warning("%s: %s", entry.name, exc.reason)
+            logger.warning("%s: %s", entry.name, exc.detail)
             return
         except ModelUnavailableError as exc:
             served.state, served.reason = ModelState.FAILED, exc.reason
-            logger.error("%s: %s", entry.name, exc.reason)
+            logger.error("%s: %s", entry.name, exc.detail)
             return
         except Exception as exc:  # a bug or a corrupt file must not take the other models down
-            served.state, served.reason = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
+            served.state, served.reason = ModelState.FAILED, without_paths(f"{type(exc).__name__}: {exc}")
             logger.exception("%s: loading failed", entry.name)
             return
         served.state, served.reason = ModelState.WARMING, "warming up"
         try:
             warmed = self._warm_up_all(entry, samplers)
+        except SamplingStoppedError:
+            served.state, served.reason = ModelState.FAILED, "server shut down during warm-up"
+            logger.info("%s: warm-up stopped (shutting down)", entry.name)
+            return
         except Exception as exc:
-            served.state, served.reason = ModelState.FAILED, f"warm-up failed: {type(exc).__name__}: {exc}"
+            reason = without_paths(f"warm-up failed: {type(exc).__name__}: {exc}")
+            served.state, served.reason = ModelState.FAILED, reason
             logger.exception("%s: warm-up failed", entry.name)
             return
         sampler = warmed[0].sampler
@@ -293,9 +339,18 @@ class Runtime:
             {size: f"{seconds * 1000 / size:.1f} ms/image" for size, seconds in served.warmup.items()},
         )
 
+    def _stop_if_shutting_down(self, done: int, total: int) -> None:
+        """Warm-up's progress hook: SIGTERM must not wait for a warm-up (minutes for large models on a CPU)."""
+        if self._stopping:
+            raise SamplingStoppedError("shutting down")
+
     def _warm_up_all(self, entry: ModelEntry, samplers: list[Sampler]) -> list[WarmedUp]:
         """Warm every worker's sampler; the first one's measured micro-batch is every worker's (same bytes)."""
-        warm = warm_up if self.settings.warmup else without_warm_up
+        warm = (
+            functools.partial(warm_up, progress=self._stop_if_shutting_down)
+            if self.settings.warmup
+            else without_warm_up
+        )
         first = warm(entry, samplers[0])
         chosen = first.sampler.info.micro_batch
         others = [

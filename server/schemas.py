@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
 
 from ddgan.model.noise import MAX_SEED
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema's "integer" includes 2.0: accept what the schema accepts (strings and booleans stay errors).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# The bounds go before the validator, so that they land in the JSON schema (as minimum / maximum).
+Images = Annotated[int, Strict(), Field(ge=1), BeforeValidator(_integral)]
+Seed = Annotated[int, Strict(), Field(ge=0, le=MAX_SEED), BeforeValidator(_integral)]
+Steps = Annotated[int, Strict(), Field(ge=1, le=1000), BeforeValidator(_integral)]
 
 
 class GenerateRequest(BaseModel):
@@ -16,14 +27,18 @@ class GenerateRequest(BaseModel):
     )
 
     dataset: str = Field(min_length=1, max_length=64, description="a dataset listed by GET /v1/models")
-    n: StrictInt = Field(default=1, ge=1, description="number of images (1 .. the server's max_images_per_request)")
-    seed: StrictInt | None = Field(
-        None, ge=0, le=MAX_SEED, description="image i uses seed + i; absent: a random seed, returned"
-    )
+    n: Images = Field(default=1, description="number of images (1 .. the server's max_images_per_request)")
+    seed: Seed | None = Field(None, description="image i uses seed + i; absent: a random seed, returned")
     sampler: Literal["ddgan", "ddpm"] = Field(default="ddgan", description="'ddpm': the dataset's DDPM baseline")
-    steps: StrictInt | None = Field(default=None, ge=1, le=1000, description="DDPM denoising steps (ddpm only)")
+    steps: Steps | None = Field(
+        default=None, description="DDPM denoising steps (ddpm only; a DDGAN accepts only its own T)"
+    )
     timeout_s: float | None = Field(
-        default=None, gt=0, description="deadline; capped by the server's request_timeout_s"
+        default=None,
+        gt=0,
+        strict=True,  # a JSON number: not "1", not true
+        allow_inf_nan=False,  # not the Infinity / NaN literals Python's JSON parser lets through
+        description="deadline in seconds (a finite number > 0); capped by the server's request_timeout_s",
     )
     priority: Literal["interactive", "batch"] | None = Field(
         default=None,
@@ -116,11 +131,17 @@ class Health(BaseModel):
 
 
 class ModelReadiness(BaseModel):
-    model: str
-    state: str
-    reason: str | None
+    model: str = Field(description="dataset/sampler")
+    dataset: str
+    sampler: Literal["ddgan", "ddpm"]
+    state: Literal["loading", "warming", "ready", "not_installed", "failed"]
+    reason: str | None = Field(description="why the model is not ready (never a filesystem path)")
 
 
 class Readiness(BaseModel):
     ready: bool
+    mode: Literal["available", "strict"] = Field(
+        description="available: ready once every model that can load has; strict: 503 while any failed"
+    )
+    failed: list[ModelReadiness] = Field(description="models that could not load or warm up")
     models: list[ModelReadiness]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,8 @@ from ddgan.server.schemas import GenerateRequest, GenerateResponse, LatencyMs
 from ddgan.server.seed_images import SeedImages, encoded_images, seed_images
 from ddgan.server.settings import ServerSettings
 from ddgan.server.tickets import Priority
+
+logger = logging.getLogger(__name__)
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request": only ever seen in metrics and logs
 
@@ -67,6 +70,7 @@ class Admitted:
 
 
 def invalid(field: str, message: str) -> APIError:
+    """A 422: the body breaks the OpenAPI schema (which carries the server's limits, e.g. n's maximum)."""
     detail = {"field": field, "message": message, "type": "value_error"}
     return APIError(422, "invalid_request", f"{field}: {message}", details=[detail])
 
@@ -75,6 +79,12 @@ def request_priority(body: GenerateRequest, key_priority: Priority | None) -> Pr
     """The body's priority (default interactive), never above the one its API key is mapped to."""
     asked = Priority(body.priority) if body.priority else Priority.INTERACTIVE
     return max(asked, key_priority or Priority.INTERACTIVE, key=lambda p: p.rank)
+
+
+def unsupported(field: str, message: str) -> APIError:
+    """A 400: valid under the schema, but the chosen model cannot run it (the schema cannot say per model)."""
+    detail = {"field": field, "message": message, "type": "unsupported_by_model"}
+    return APIError(400, "unsupported_by_model", f"{field}: {message}", details=[detail])
 
 
 class GenerationService:
@@ -164,20 +174,20 @@ class GenerationService:
         if body.n > self.settings.max_images_per_request:
             raise invalid("body.n", f"must be between 1 and {self.settings.max_images_per_request}")
         if body.n > served.entry.max_queue_images:
-            raise invalid("body.n", f"must be at most {served.entry.max_queue_images} for {served.entry.name}")
+            raise unsupported("body.n", f"must be at most {served.entry.max_queue_images} for {served.entry.name}")
         try:
             steps = info.check_steps(body.steps)
         except StepsError as exc:
-            raise invalid("body.steps", f"{exc} ({served.entry.name})") from None
+            raise unsupported("body.steps", f"{exc} ({served.entry.name})") from None
         bound = served.max_queue_work
         if bound is not None and body.n * steps > bound:
             message = f"n x steps = {body.n * steps} image-steps exceeds what {served.entry.name} queues ({bound})"
-            raise invalid("body.n", message)
+            raise unsupported("body.n", message)
         seed = body.seed if body.seed is not None else random_seed()
         try:
             seeds = image_seeds(seed, body.n)
         except ValueError as exc:
-            raise invalid("body.seed", str(exc)) from None
+            raise unsupported("body.seed", str(exc)) from None
         return seeds, steps, seed
 
     async def _generate(
@@ -195,7 +205,9 @@ class GenerationService:
         assert info is not None
         seeds, steps, seed = self._check(body, served, info)
         timeout_s = min(self.settings.request_timeout_s, body.timeout_s or math.inf)
-        images = await self._seed_images(served, info, seeds, steps, timeout_s, client_gone, cache_use, priority)
+        images = await self._seed_images(
+            served, info, seeds, steps, timeout_s, client_gone, cache_use, priority, request_id
+        )
         rendered = await self._render(body, info, media_type, request_id, seeds, steps, seed, images, started)
         rendered.headers["X-Priority"] = priority.value
         return rendered
@@ -210,6 +222,7 @@ class GenerationService:
         client_gone: Callable[[], Awaitable[Any]],
         cache_use: CacheUse,
         priority: Priority = Priority.INTERACTIVE,
+        request_id: str | None = None,
     ) -> SeedImages:
         deadline = time.monotonic() + timeout_s
 
@@ -230,7 +243,10 @@ class GenerationService:
             except DeadlineExceededError:
                 raise APIError(504, "deadline_exceeded", f"no result within {timeout_s:.3g} s") from None
             except BatchFailedError as exc:
-                raise APIError(500, "generation_failed", f"the batch holding this request failed: {exc}") from None
+                # The exception text may name files or internals: it goes to the log, the client gets the id.
+                logger.error("request %s: the batch holding it failed: %s", request_id or "?", exc)
+                message = "image generation failed; the server log has the details under this request id"
+                raise APIError(500, "generation_failed", message) from None
 
         settings = self.settings
         return await seed_images(

@@ -30,6 +30,11 @@ class ServerSettings(BaseSettings):
     registry: Path = Field(default=DEFAULT_REGISTRY, description="model registry TOML file")
     host: str = Field(default="127.0.0.1", description="interface uvicorn binds to")
     port: int = Field(default=8000, ge=0, le=65535)
+    models: str | None = Field(
+        default=None,
+        description="serve only these registry models: a comma list of `dataset` or `dataset/sampler` "
+        "(default: all); loading and warming fewer models makes the server ready sooner",
+    )
     random_weights: bool = Field(
         default=False, description="serve every DDGAN/DDPM architecture with random weights (latency work only)"
     )
@@ -46,6 +51,19 @@ class ServerSettings(BaseSettings):
         default=None, description="enables POST /admin/reload for `Bearer <key>` (a key of its own, not api_key)"
     )
     max_body_bytes: int = Field(default=16 * 1024, ge=256, description="largest accepted request body")
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, le=1024 * 1024, description="largest request line + headers (431 beyond)"
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, allow_inf_nan=False, description="time a request's headers may take to arrive (408)"
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, allow_inf_nan=False, description="longest pause while a request body arrives (408)"
+    )
+    keep_alive_timeout_s: int = Field(default=5, ge=1, le=3600, description="idle keep-alive connections close")
+    max_connections: int = Field(
+        default=1024, ge=1, description="concurrent connections + requests; uvicorn answers 503 beyond"
+    )
     max_images_per_request: int = Field(default=64, ge=1, le=4096, description="upper bound of `n`")
     request_timeout_s: float = Field(default=120.0, gt=0, description="deadline of a /generate request (504 past it)")
     png_workers: int = Field(default_factory=_default_png_workers, ge=1, le=64)
@@ -56,7 +74,17 @@ class ServerSettings(BaseSettings):
         description="byte budget of the in-process LRU of encoded PNGs shared by /generate and /v1/images (0: off)",
     )
     warmup: bool = Field(default=True, description="run every model at its batch sizes before /readyz turns ready")
-    shutdown_timeout_s: float = Field(default=30.0, ge=0, description="how long shutdown waits for queued work")
+    readiness: Literal["available", "strict"] = Field(
+        default="available",
+        description="/readyz: 'available' is ready once every model that can load has (failed ones are listed); "
+        "'strict' stays 503 while any model failed",
+    )
+    shutdown_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="on SIGTERM, how long queued work may finish; then 503 shutting_down (0: at once)",
+    )
     torch_threads: int | None = Field(
         default=None,
         ge=1,
@@ -72,6 +100,10 @@ class ServerSettings(BaseSettings):
     )
     jobs_timeout_s: float = Field(default=3600.0, gt=0, description="deadline of one async job, queueing included")
 
+    @property
+    def model_names(self) -> list[str] | None:
+        return [name.strip() for name in self.models.split(",") if name.strip()] if self.models else None
+
     @field_validator("device", "backend")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
@@ -82,6 +114,14 @@ class ServerSettings(BaseSettings):
     def _no_blank_keys(cls, value: dict[str, str]) -> dict[str, str]:
         if any(not key.strip() for key in value):
             raise ValueError("an API key in DDGAN_KEY_PRIORITIES is empty")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _real_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty key would turn auth on and accept `Authorization: Bearer ` (nothing): refuse to start.
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("DDGAN_API_KEY is set but empty or whitespace: set a real key, or unset it for no auth")
         return value
 
     @field_validator("log_level")

@@ -15,7 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ddgan.model.sampler import Sampler
+from ddgan.model.sampler import Progress, Sampler
 from ddgan.server.registry import ModelEntry
 
 MICRO_BATCH_TOLERANCE = 0.10  # "as fast per image" = within 10% of the best measured images/s
@@ -52,12 +52,12 @@ def pick_micro_batch(seconds: Mapping[int, float], tolerance: float = MICRO_BATC
     return min(size for size, rate in rates.items() if rate >= (1 - tolerance) * best)
 
 
-def time_batch(sampler: Sampler, size: int, steps: int) -> float:
+def time_batch(sampler: Sampler, size: int, steps: int, progress: Progress | None = None) -> float:
     """Seconds of the fastest of up to MAX_RUNS calls at `size` images (fewer once MIN_TIMED_S is spent)."""
     fastest, spent = float("inf"), 0.0
     for _ in range(MAX_RUNS):
         started = time.perf_counter()
-        sampler.sample(list(range(size)), steps=steps)
+        sampler.sample(list(range(size)), steps=steps, progress=progress)
         elapsed = time.perf_counter() - started
         fastest, spent = min(fastest, elapsed), spent + elapsed
         if spent >= MIN_TIMED_S:
@@ -65,12 +65,13 @@ def time_batch(sampler: Sampler, size: int, steps: int) -> float:
     return fastest
 
 
-def warm_up(entry: ModelEntry, sampler: Sampler) -> WarmedUp:
-    """Run the entry's batch sizes (first-call allocation, autotuning); measure the micro-batch when asked to."""
+def warm_up(entry: ModelEntry, sampler: Sampler, progress: Progress | None = None) -> WarmedUp:
+    """Run the entry's batch sizes (first-call allocation, autotuning); measure the micro-batch when asked to.
+    `progress` is every call's hook: it may raise `SamplingStoppedError` to abandon the warm-up (shutdown)."""
     info = sampler.info
     steps = max(info.min_steps, min(WARMUP_STEPS, info.default_steps))
-    sampler.sample([0], steps=steps)  # the cold call: lazy initialisation, allocator growth
-    seconds = {size: time_batch(sampler, size, steps) for size in entry.batch_sizes}
+    sampler.sample([0], steps=steps, progress=progress)  # the cold call: lazy initialisation, allocator growth
+    seconds = {size: time_batch(sampler, size, steps, progress) for size in entry.batch_sizes}
     if entry.measures_micro_batch and info.micro_batch is None:
         chosen = pick_micro_batch(seconds)
         choice = f"measured: the smallest of {list(seconds)} within {MICRO_BATCH_TOLERANCE:.0%} of the best images/s"

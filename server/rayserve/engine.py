@@ -224,6 +224,11 @@ class RayEngine:
                     )
             await asyncio.sleep(STATUS_INTERVAL_S)
 
+    def begin_shutdown(self, deadline: float) -> float:
+        """The ingress refuses new work; the replicas drain on Serve's own shutdown (their Runtime's deadline)."""
+        self._accepting = False
+        return deadline
+
     async def stop(self) -> None:
         self._accepting = False
         if self._poller is not None:

@@ -19,9 +19,11 @@ router = APIRouter(tags=["generate"])
 
 
 def require_json_body(request: Request) -> None:
+    """The body must say it is JSON: a body without a content type is not guessed at (415, like a form body)."""
     content_type = request.headers.get("content-type")
-    if content_type and content_type.split(";")[0].strip().lower() not in ("application/json", ""):
-        raise APIError(415, "unsupported_media_type", f"send the request as application/json, not {content_type!r}")
+    if content_type is None or content_type.split(";")[0].strip().lower() != "application/json":
+        sent = repr(content_type) if content_type else "no Content-Type"
+        raise APIError(415, "unsupported_media_type", f"send the request as application/json, not {sent}")
 
 
 _ERRORS: dict[int | str, dict[str, Any]] = {

@@ -196,3 +196,25 @@ def test_gpu_build_args_match_the_dockerfile_defaults(services: dict) -> None:
     defaults = dockerfile.arg_defaults()
     for name, value in services["server"]["build"]["args"].items():
         assert defaults[name] == value, name
+
+
+def _seconds(duration: str) -> float:
+    """A Compose duration such as `45s`, `1m30s`."""
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", duration)
+    assert parts and duration, duration
+    return int(parts.group(1) or 0) * 60 + float(parts.group(2) or 0)
+
+
+def test_stop_grace_period_exceeds_the_server_shutdown_limit(compose: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker kills the container at `stop_grace_period`: the server must have exited by then."""
+    from ddgan.server.http_server import ANSWER_GRACE_S
+    from ddgan.server.settings import ServerSettings
+
+    for services in (compose["services"], merge(compose, load(COMPOSE_CPU))["services"]):
+        server = services["server"]
+        monkeypatch.setenv(
+            "DDGAN_SHUTDOWN_TIMEOUT_S", str(with_defaults(server["environment"]["DDGAN_SHUTDOWN_TIMEOUT_S"]))
+        )
+        limit = ServerSettings().shutdown_timeout_s
+        # The deadline, the time to write the 503 answers, and a few seconds for the process to exit.
+        assert _seconds(server["stop_grace_period"]) >= limit + ANSWER_GRACE_S + 5

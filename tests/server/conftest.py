@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -65,7 +66,7 @@ def write_registry(root: Path, **overrides: Any) -> Path:
     ddpm = {"max_batch_images": 4, "max_wait_ms": 5, "max_queue_images": 32, **overrides.get("ddpm", {})}
 
     def table(values: dict[str, Any]) -> str:
-        return "\n".join(f"{k} = {v!r}".replace("'", '"') for k, v in values.items())
+        return "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())  # JSON scalars/lists are TOML
 
     text = f"""
 [[models]]

@@ -24,13 +24,13 @@ BAD_REQUESTS = [
     ("n above the maximum", {"json": {"dataset": "mnist", "n": 9}}, 422, "invalid_request", "between 1 and 8"),
     ("negative seed", {"json": {"dataset": "mnist", "seed": -1}}, 422, "invalid_request", "body.seed"),
     ("seed too large", {"json": {"dataset": "mnist", "seed": 2**70}}, 422, "invalid_request", "body.seed"),
-    ("seed + n overflows", {"json": {"dataset": "mnist", "n": 2, "seed": 2**63 - 1}}, 422, "invalid_request", "seed"),
+    ("seed + n overflows", {"json": {**MNIST, "n": 2, "seed": 2**63 - 1}}, 400, "unsupported_by_model", "seed"),
     ("dataset missing", {"json": {"n": 1}}, 422, "invalid_request", "body.dataset"),
     ("dataset as number", {"json": {"dataset": 5}}, 422, "invalid_request", "body.dataset"),
     ("unknown field", {"json": {**MNIST, "colour": "red"}}, 422, "invalid_request", "body.colour"),
     ("unknown sampler", {"json": {**MNIST, "sampler": "gan"}}, 422, "invalid_request", "body.sampler"),
-    ("steps for ddgan", {"json": {**MNIST, "steps": 3}}, 422, "invalid_request", "always runs its 2 steps"),
-    ("ddpm steps beyond training", {"json": {**MNIST, "sampler": "ddpm", "steps": 51}}, 422, "invalid_request", "50"),
+    ("steps for ddgan", {"json": {**MNIST, "steps": 3}}, 400, "unsupported_by_model", "always runs its 2 steps"),
+    ("ddpm steps > trained", {"json": {**MNIST, "sampler": "ddpm", "steps": 51}}, 400, "unsupported_by_model", "50"),
     ("zero timeout", {"json": {**MNIST, "timeout_s": 0}}, 422, "invalid_request", "body.timeout_s"),
     ("unknown dataset", {"json": {"dataset": "imagenet"}}, 404, "unknown_model", "mnist/ddgan"),
     ("path-like dataset", {"json": {"dataset": "../mnist"}}, 404, "unknown_model", "no model"),
@@ -71,6 +71,25 @@ async def test_streamed_oversized_body_without_length(registry_path, started):
 
     response = await client.post("/generate", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413 and error_of(response)["type"] == "payload_too_large"
+
+
+async def test_a_413_by_content_length_is_counted(client):
+    def count(text: str) -> float:
+        line = 'ddgan_requests_total{model="unknown",sampler="unknown",status="413"} '
+        return next((float(row.split()[-1]) for row in text.splitlines() if row.startswith(line)), 0.0)
+
+    before = count((await client.get("/metrics")).text)
+    body = b'{"dataset": "mnist", "pad": "' + b"x" * 5000 + b'"}'
+    response = await client.post("/generate", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413 and int(response.request.headers["content-length"]) == len(body)
+    assert count((await client.get("/metrics")).text) == before + 1
+
+
+async def test_health_endpoints_answer_head(client):
+    for path in ("/healthz", "/readyz"):
+        get, head = await client.get(path), await client.head(path)
+        assert head.status_code == get.status_code == 200 and head.content == b""
+        assert head.headers["content-type"] == "application/json"
 
 
 async def test_unknown_route_and_method(client):
@@ -131,7 +150,8 @@ async def test_health_and_readiness(client):
     assert (await client.get("/docs")).status_code == 200
 
 
-async def test_a_broken_model_is_not_ready_but_others_serve(tiny_models, started, tmp_path):
+@pytest.mark.parametrize("mode", ["available", "strict"])
+async def test_a_broken_model_is_listed_and_the_others_serve(tiny_models, started, tmp_path, mode):
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{not json")
@@ -140,14 +160,25 @@ async def test_a_broken_model_is_not_ready_but_others_serve(tiny_models, started
     registry.write_text(
         f'[[models]]\ndataset = "mnist"\npath = "{tiny_models / "tiny-ddgan"}"\ndevice = "cpu"\n'
         f'[[models]]\ndataset = "cifar10"\npath = "broken"\ndevice = "cpu"\n'
+        f'[[models]]\ndataset = "celebahq"\npath = "absent"\ndevice = "cpu"\n'
     )
-    client = await started(make_app(registry))
+    client = await started(make_app(registry, readiness=mode))
     ready = await client.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["ready"] is False
+    # available (default): the server serves every model that could load, so an orchestrator keeps it.
+    assert ready.status_code == (200 if mode == "available" else 503)
+    body = ready.json()
+    assert body["ready"] is (mode == "available") and body["mode"] == mode
+    assert [(m["dataset"], m["sampler"], m["state"]) for m in body["failed"]] == [("cifar10", "ddgan", "failed")]
+    assert "not valid JSON" in body["failed"][0]["reason"]
     failed = await client.post("/generate", json={"dataset": "cifar10"})
+    missing = await client.post("/generate", json={"dataset": "celebahq"})
     assert failed.status_code == 503 and error_of(failed)["type"] == "model_unavailable"
     assert "not valid JSON" in error_of(failed)["message"]
+    assert missing.status_code == 404 and "'absent'" in error_of(missing)["message"]
     assert (await client.post("/generate", json=MNIST)).status_code == 200
+    # No absolute filesystem path in what clients see (the log keeps them).
+    for text in (ready.text, failed.text, missing.text, (await client.get("/v1/models")).text):
+        assert str(tmp_path) not in text and str(tiny_models) not in text, text
 
 
 async def test_missing_backend_is_a_not_ready_reason(tiny_models, started, tmp_path):

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -32,12 +32,12 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, registry: Path, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, registry: Path, log: Path, env: dict[str, str] | None = None, args: Sequence[str] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "OMP_NUM_THREADS": "1", "DDGAN_SHUTDOWN_TIMEOUT_S": "20", **(env or {})}
         command = [sys.executable, "-m", "ddgan", "serve", "--registry", str(registry), "--port", str(self.port),
-                   "--torch-threads", "1", "--png-workers", "2"]  # fmt: skip
+                   "--torch-threads", "1", "--png-workers", "2", *args]  # fmt: skip
         self.log = log
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
 
@@ -191,7 +191,7 @@ def test_metrics_names_and_labels(server):
     }
     assert {"0.001", "300.0", "+Inf"} <= buckets
     info = value(server.url, "ddgan_model_info", model="mnist", sampler="ddpm", backend="torch", device="cpu",
-                 weights="real")  # fmt: skip
+                 dtype="float32", weights="real")  # fmt: skip
     assert info == 1
 
 
