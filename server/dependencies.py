@@ -13,6 +13,7 @@ from ddgan.server.job_service import JobService, owner_of
 from ddgan.server.metrics import ServerMetrics
 from ddgan.server.serving import GenerationService
 from ddgan.server.settings import ServerSettings
+from ddgan.server.tickets import Priority
 
 
 def get_engine(request: Request) -> Engine:
@@ -36,12 +37,19 @@ def get_metrics(request: Request) -> ServerMetrics:
 
 
 def require_api_key(request: Request, settings: Annotated[ServerSettings, Depends(get_settings)]) -> None:
-    """With `DDGAN_API_KEY` set, callers send `Authorization: Bearer <key>` (compared in constant time)."""
-    if settings.api_key is None:
+    """With `DDGAN_API_KEY` (or `DDGAN_KEY_PRIORITIES`) set, callers send `Authorization: Bearer <key>`
+    (compared in constant time, against every key); a mapped key's priority goes to `request.state.key_priority`."""
+    keys: dict[str, Priority] = {k: Priority(p) for k, p in settings.key_priorities.items()}
+    if settings.api_key is not None:
+        keys.setdefault(settings.api_key.get_secret_value(), Priority.INTERACTIVE)
+    if not keys:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = settings.api_key.get_secret_value()
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected.encode()):
+    given = token.strip().encode()
+    matched = [priority for key, priority in keys.items() if secrets.compare_digest(given, key.encode())]
+    if scheme.lower() == "bearer" and given and matched:
+        request.state.key_priority = matched[0]
+    else:
         raise APIError(
             401, "unauthorized", "missing or wrong API key (Authorization: Bearer <key>)",
             headers={"WWW-Authenticate": "Bearer"},

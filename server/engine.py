@@ -19,6 +19,7 @@ import numpy as np
 
 from ddgan.model.sampling import SamplerInfo
 from ddgan.server.registry import ModelEntry
+from ddgan.server.tickets import Priority
 from ddgan.server.work import WorkProgress
 
 
@@ -56,6 +57,15 @@ class ModelHandle(Protocol):
     @property
     def queued_units(self) -> int: ...
 
+    @property
+    def queued_work(self) -> float | None: ...
+
+    @property
+    def max_queue_work(self) -> int | None: ...
+
+    @property
+    def workers(self) -> list[str]: ...
+
     async def generate(
         self,
         seeds: list[int],
@@ -63,6 +73,7 @@ class ModelHandle(Protocol):
         deadline: float,
         client_gone: Callable[[], Awaitable[Any]],
         progress: WorkProgress | None = None,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> Generated: ...
 
 

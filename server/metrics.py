@@ -2,9 +2,9 @@
 docs/architecture.md), the serving layer and the batch queues call the methods below.
 
 Base units; labels are `model` (dataset), `sampler` (ddgan/ddpm) and `status` (HTTP code), plus the info
-gauge, the async jobs' `state` and `reason` and the registry reloads' `result`; pages merged from several replicas
-(`render_replicas`, the Ray engine) add `replica`. Each app owns its own `CollectorRegistry`, so several apps
-(tests) never collide.
+gauge, the batch series' `device` (the worker that ran a batch), the dropped work's `reason`, the async jobs'
+`state` and `reason` and the registry reloads' `result`; pages merged from several replicas (`render_replicas`,
+the Ray engine) add `replica`. Each app owns its own `CollectorRegistry`, so several apps (tests) never collide.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 UNKNOWN = "unknown"
 # Statuses a served model's request counter exports from start-up (success, failed batch, overload, deadline).
 PREINITIALISED_STATUSES = ("200", "500", "503", "504")
+# Why queued or running work was dropped (server.batching): the client's DELETE, a hang-up, a deadline, shutdown.
+DROP_REASONS = ("cancelled", "disconnected", "deadline", "shutdown")
 # The label naming the process a series came from when several replicas' series are merged into one page.
 REPLICA_LABEL = "replica"
 
@@ -38,6 +40,7 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         model = ["model", "sampler"]
+        worker = [*model, "device"]
         registry = self.registry
         self.request_latency = Histogram(
             "ddgan_request_latency_seconds",
@@ -56,7 +59,7 @@ class ServerMetrics:
         self.batch_inference = Histogram(
             "ddgan_batch_inference_seconds",
             "Sampler time of one batch",
-            model,
+            worker,
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -68,14 +71,23 @@ class ServerMetrics:
             registry=registry,
         )
         self.batch_size = Histogram(
-            "ddgan_batch_size_images", "Images per batch", model, buckets=BATCH_SIZE_BUCKETS, registry=registry
+            "ddgan_batch_size_images", "Images per batch", worker, buckets=BATCH_SIZE_BUCKETS, registry=registry
         )
-        self.images_generated = Counter("ddgan_images_generated", "Images generated", model, registry=registry)
+        self.images_generated = Counter("ddgan_images_generated", "Images generated", worker, registry=registry)
         self.requests = Counter(
             "ddgan_requests", "/generate requests by HTTP status", [*model, "status"], registry=registry
         )
         self.in_flight = Gauge("ddgan_requests_in_flight", "/generate requests being served", model, registry=registry)
         self.queued_images = Gauge("ddgan_queued_images", "Images waiting for a batch", model, registry=registry)
+        self.queued_work = Gauge(
+            "ddgan_queued_work_image_steps", "Work waiting for a batch (images x steps)", model, registry=registry
+        )
+        self.dropped_work = Counter(
+            "ddgan_dropped_work_image_steps",
+            "Work (images x steps) not computed because nobody waited for it any more",
+            [*model, "reason"],
+            registry=registry,
+        )
         self.image_requests = Counter(
             "ddgan_image_requests",
             "GET /v1/images requests by HTTP status (304: the client's copy is current)",
@@ -160,6 +172,8 @@ class ServerMetrics:
         # already non-zero, so a first burst of 503s would otherwise never reach the dashboard's error panel.
         for status in PREINITIALISED_STATUSES:
             self.requests.labels(model, sampler, status)
+        for reason in DROP_REASONS:
+            self.dropped_work.labels(model, sampler, reason)
         self.in_flight.labels(model, sampler)
         for series in (self.png_cache_hits_total, self.png_cache_misses_total, self.png_cache_evictions):
             series.labels(model, sampler)
@@ -198,22 +212,28 @@ class QueueMetrics:
     """One model's batch-queue events (`server.batching.BatchObserver`) as its labelled series."""
 
     def __init__(self, metrics: ServerMetrics, model: str, sampler: str) -> None:
-        self._inference = metrics.batch_inference.labels(model, sampler)
-        self._batch_size = metrics.batch_size.labels(model, sampler)
-        self._images = metrics.images_generated.labels(model, sampler)
+        self._metrics = metrics
+        self._model = (model, sampler)
         self._queue_wait = metrics.queue_wait.labels(model, sampler)
         self._queued = metrics.queued_images.labels(model, sampler)
+        self._queued_work = metrics.queued_work.labels(model, sampler)
 
-    def batch_done(self, units: int, seconds: float) -> None:
-        self._inference.observe(seconds)
-        self._batch_size.observe(units)
-        self._images.inc(units)
+    def batch_done(self, device: str, units: int, seconds: float) -> None:
+        metrics, labels = self._metrics, (*self._model, device)
+        metrics.batch_inference.labels(*labels).observe(seconds)
+        metrics.batch_size.labels(*labels).observe(units)
+        metrics.images_generated.labels(*labels).inc(units)
 
     def queue_wait(self, seconds: float) -> None:
         self._queue_wait.observe(seconds)
 
-    def queued(self, units: int) -> None:
+    def queued(self, units: int, work: float) -> None:
         self._queued.set(units)
+        self._queued_work.set(work)
+
+    def dropped(self, work: float, reason: str) -> None:
+        if work > 0:
+            self._metrics.dropped_work.labels(*self._model, reason).inc(work)
 
 
 def snapshot(metrics: ServerMetrics) -> Snapshot:

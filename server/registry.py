@@ -11,15 +11,22 @@ device = "auto"            # auto (cuda if present), cpu, cuda, cuda:1 ...
 dtype = "float32"          # float16, bfloat16, auto (bf16 on bf16 GPUs and AMX CPUs, else float32)
 max_batch_images = 16      # images per batch
 max_wait_ms = 5            # how long a batch may wait to fill up
-max_queue_images = 256     # images waiting beyond this answer 503
+max_queue_images = 256     # images waiting beyond this answer 503 (memory)
+max_queue_work = 4096      # image-steps (images x steps) waiting beyond this answer 503 (time)
+aging_ms = 2000            # a `batch`-priority request waiting this long is served like an interactive one
 batch_invariant = true     # fixed-size forward passes (only the last is padded): bit-identical images in any batch
 micro_batch = 4            # batch_invariant: that fixed size (default: measured at warm-up, see server/warmup.py)
+workers = 1                # worker threads pulling from this model's queue, each with its own sampler
+devices = ["cuda:0", "cuda:1"]  # instead of device/workers: one worker per device
+threads = 2                # intra-op threads of this model, split among its workers (default: torch's)
+nice = 10                  # run its workers at this lower OS priority (Linux: 0..19; the baseline's isolation)
 scaling = { min_replicas = 1, max_replicas = 4 }   # `ddgan serve --engine ray` only (ReplicaScaling)
 ```
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -27,6 +34,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SamplerKind = Literal["ddgan", "ddpm"]
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
 class RegistryError(ValueError):
@@ -84,13 +92,32 @@ class ModelEntry(BaseModel):
     backend_options: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="the backend's options, e.g. compile_mode for torch-compile"
     )
-    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    device: str = Field(default="auto", pattern=DEVICE.pattern)
     dtype: Literal["float32", "float16", "bfloat16", "auto"] = Field(
         default="float32", description="auto: bfloat16 on bf16 GPUs and AMX CPUs, else float32 (model/dtypes.py)"
     )
     max_batch_images: int = Field(default=16, ge=1, le=1024)
     max_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
     max_queue_images: int = Field(default=256, ge=1, le=1_000_000)
+    max_queue_work: int | None = Field(
+        default=None,
+        ge=1,
+        description="image-steps (images x steps) the queue holds; default max_queue_images x the most steps",
+    )
+    aging_ms: float = Field(
+        default=2000.0,
+        ge=0,
+        le=3_600_000,
+        description="a batch-priority request waiting this long ranks as interactive",
+    )
+    workers: int = Field(default=1, ge=1, le=64, description="worker threads on `device`, each with its own sampler")
+    devices: tuple[str, ...] | None = Field(
+        default=None, min_length=1, max_length=64, description="one worker per device (instead of device/workers)"
+    )
+    threads: int | None = Field(
+        default=None, ge=1, le=512, description="intra-op threads of this model, split among its workers"
+    )
+    nice: int = Field(default=0, ge=0, le=19, description="lower the OS priority of its workers by this much (Linux)")
     default_steps: int | None = Field(
         default=None, ge=1, le=1000, description="DDPM inference steps when a request omits it"
     )
@@ -125,6 +152,11 @@ class ModelEntry(BaseModel):
             raise ValueError(f"default_steps ({self.default_steps}) exceeds max_steps ({self.max_steps})")
         if self.max_queue_images < self.max_batch_images:
             raise ValueError("max_queue_images must be >= max_batch_images")
+        for device in self.devices or ():
+            if not DEVICE.fullmatch(device) or device == "auto":
+                raise ValueError(f"devices: {device!r} is not cpu, cuda, cuda:N or mps")
+        if self.devices is not None and self.workers != 1:
+            raise ValueError("give devices (one worker each) or workers, not both")
         if self.micro_batch is not None and not self.batch_invariant:
             raise ValueError("micro_batch applies to batch_invariant = true only")
         if self.micro_batch is not None and self.micro_batch > self.max_batch_images:
@@ -141,6 +173,11 @@ class ModelEntry(BaseModel):
     @property
     def name(self) -> str:
         return f"{self.dataset}/{self.sampler}"
+
+    @property
+    def worker_devices(self) -> tuple[str, ...]:
+        """The device of each worker (before `DDGAN_DEVICE` overrides them)."""
+        return self.devices or (self.device,) * self.workers
 
     @property
     def measures_micro_batch(self) -> bool:

@@ -10,16 +10,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from ddgan.model.sampler import Sampler, SamplerInfo
 from ddgan.model.threads import set_threads
-from ddgan.server.batching import BatchQueue, DeadlineExceededError
+from ddgan.server.batching import BatchQueue, DeadlineExceededError, Worker
 from ddgan.server.engine import ClientGoneError, Generated, ModelHandle, ModelState
 from ddgan.server.loader import (
     ModelNotInstalledError,
@@ -31,8 +34,9 @@ from ddgan.server.loader import (
 from ddgan.server.metrics import ServerMetrics
 from ddgan.server.registry import ModelEntry, Registry
 from ddgan.server.settings import ServerSettings
-from ddgan.server.warmup import warm_up, without_warm_up
-from ddgan.server.work import ImageWork, WorkProgress, run_image_batch
+from ddgan.server.tickets import Priority
+from ddgan.server.warmup import WarmedUp, warm_up, without_warm_up
+from ddgan.server.work import ImageWork, WorkProgress, image_batch_cost, run_image_batch
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +63,19 @@ class ServedModel:
     def queued_units(self) -> int:
         return self.queue.queued_units if self.queue else 0
 
+    @property
+    def queued_work(self) -> float:
+        return self.queue.queued_work if self.queue else 0.0
+
+    @property
+    def max_queue_work(self) -> int | None:
+        """The queue's bound in image-steps (None until the sampler, hence its most steps, is known)."""
+        return int(self.queue.max_queue_work) if self.queue else self.entry.max_queue_work
+
+    @property
+    def workers(self) -> list[str]:
+        return self.queue.workers if self.queue else list(self.entry.worker_devices)
+
     async def generate(
         self,
         seeds: list[int],
@@ -66,10 +83,11 @@ class ServedModel:
         deadline: float,
         client_gone: Callable[[], Awaitable[Any]],
         progress: WorkProgress | None = None,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> Generated:
         """Queue the images, wait for them (deadline, disconnect), cancel what is left when giving up."""
         assert self.queue is not None
-        ticket = self.queue.submit(ImageWork(seeds, steps, progress), len(seeds), steps, deadline)
+        ticket = self.queue.submit(ImageWork(seeds, steps, progress), len(seeds), steps, deadline, priority)
         watcher: asyncio.Future[Any] = asyncio.ensure_future(client_gone())
         try:
             done, _ = await asyncio.wait(
@@ -82,10 +100,11 @@ class ServedModel:
         if ticket.future.done():
             result = ticket.future.result()  # or the queue's error
             return Generated(np.concatenate(result.parts), result.queue_s, result.inference_s, result.batches)
-        # Give up: drop the images no batch has taken yet, and make any late result a no-op.
-        self.queue.cancel(ticket)
+        # Give up: drop the images no batch has taken yet (a batch left with nobody stops at its next step).
+        gone = watcher in done
+        self.queue.cancel(ticket, "disconnected" if gone else "deadline")
         ticket.future.cancel()
-        if watcher in done:
+        if gone:
             raise ClientGoneError
         raise DeadlineExceededError("no result before the deadline")
 
@@ -204,10 +223,12 @@ class Runtime:
 
     def _load_one(self, served: ServedModel) -> None:
         entry, settings = served.entry, self.settings
+        devices = [settings.device or device for device in entry.worker_devices]
         try:
-            sampler = self.load_model(
-                entry, random_weights=settings.random_weights, device=settings.device, backend=settings.backend
-            )
+            samplers = [
+                self.load_model(entry, random_weights=settings.random_weights, device=device, backend=settings.backend)
+                for device in devices
+            ]
         except ModelNotInstalledError as exc:
             served.state, served.reason = ModelState.NOT_INSTALLED, exc.reason
             logger.warning("%s: %s", entry.name, exc.reason)
@@ -222,32 +243,43 @@ class Runtime:
             return
         served.state, served.reason = ModelState.WARMING, "warming up"
         try:
-            warmed = warm_up(entry, sampler) if settings.warmup else without_warm_up(entry, sampler)
+            warmed = self._warm_up_all(entry, samplers)
         except Exception as exc:
             served.state, served.reason = ModelState.FAILED, f"warm-up failed: {type(exc).__name__}: {exc}"
             logger.exception("%s: warm-up failed", entry.name)
             return
-        sampler = warmed.sampler
-        served.sampler, served.warmup, served.micro_batch_choice = sampler, warmed.seconds, warmed.micro_batch_choice
+        sampler = warmed[0].sampler
+        served.sampler, served.warmup, served.micro_batch_choice = (
+            sampler,
+            warmed[0].seconds,
+            warmed[0].micro_batch_choice,
+        )
+        info = sampler.info
+        labels = worker_labels([w.sampler.info.device for w in warmed])
+        threads = self._threads_per_worker(entry, len(warmed))
         queue = BatchQueue(
             entry.name,
-            functools.partial(run_image_batch, sampler),
+            [
+                Worker(label, functools.partial(run_image_batch, w.sampler), preparer(entry.nice, threads, w))
+                for label, w in zip(labels, warmed, strict=True)
+            ],
             max_batch_units=entry.max_batch_images,
             max_wait_s=entry.max_wait_ms / 1000,
             max_queue_units=entry.max_queue_images,
+            max_queue_work=entry.max_queue_work or entry.max_queue_images * info.max_steps,
+            batch_cost=image_batch_cost(info.micro_batch),
+            aging_s=entry.aging_ms / 1000,
             observer=self.metrics.queue_observer(entry.dataset, entry.sampler),
         )
-        if warmed.throughput_sample is not None:
-            queue.record_throughput(*warmed.throughput_sample)
-        served.queue = queue
         queue.start()
-        info = sampler.info
+        served.queue = queue
         self.metrics.set_model_info(
             entry.dataset, entry.sampler, info.backend, info.device, info.dtype, info.random_weights
         )
         served.state, served.reason = ModelState.READY, None
         logger.info(
-            "%s ready: backend=%s device=%s dtype=%s weights=%s micro_batch=%s (%s) warm-up %s",
+            "%s ready: backend=%s device=%s dtype=%s weights=%s micro_batch=%s (%s) workers=%s threads=%s nice=%d "
+            "warm-up %s",
             entry.name,
             info.backend,
             info.device,
@@ -255,5 +287,60 @@ class Runtime:
             "random" if info.random_weights else "real",
             info.micro_batch,
             served.micro_batch_choice or "batch_invariant = false",
+            ",".join(labels),
+            threads or "default",
+            entry.nice,
             {size: f"{seconds * 1000 / size:.1f} ms/image" for size, seconds in served.warmup.items()},
         )
+
+    def _warm_up_all(self, entry: ModelEntry, samplers: list[Sampler]) -> list[WarmedUp]:
+        """Warm every worker's sampler; the first one's measured micro-batch is every worker's (same bytes)."""
+        warm = warm_up if self.settings.warmup else without_warm_up
+        first = warm(entry, samplers[0])
+        chosen = first.sampler.info.micro_batch
+        others = [
+            warm(entry, s.with_micro_batch(chosen) if chosen and s.info.micro_batch is None else s)
+            for s in samplers[1:]
+        ]
+        return [first, *others]
+
+    def _threads_per_worker(self, entry: ModelEntry, workers: int) -> int | None:
+        """The model's threads split among its workers; None: one worker keeps the process's setting."""
+        total = entry.threads or (self.settings.torch_threads if workers > 1 else None)
+        if total is None and workers > 1:
+            total = torch.get_num_threads()
+        return max(1, total // workers) if total else None
+
+
+def preparer(nice: int, threads: int | None, warmed: WarmedUp) -> Callable[[], tuple[float, float] | None]:
+    """What a worker thread does before serving: its threads and OS priority; the warm-up seeds its throughput."""
+
+    def prepare() -> tuple[float, float] | None:
+        # Both are per thread: torch's intra-op thread count (OpenMP) and the Linux nice value, which the
+        # OpenMP threads this thread starts inherit.
+        if threads is not None:
+            torch.get_num_threads()  # torch's lazy per-thread initialisation would overwrite what is set first
+            torch.set_num_threads(threads)
+        if nice:
+            lower_thread_priority(nice)
+        return warmed.throughput_sample  # the micro-batch's full passes: images x steps is what they compute
+
+    return prepare
+
+
+def worker_labels(devices: list[str]) -> list[str]:
+    """The `device` metric label of each worker: its device, numbered where several share one."""
+    return [
+        f"{device}#{devices[:i].count(device)}" if devices.count(device) > 1 else device
+        for i, device in enumerate(devices)
+    ]
+
+
+def lower_thread_priority(increment: int) -> None:
+    """Raise this thread's nice value by `increment` (Linux: nice is per thread; elsewhere a warning)."""
+    if not hasattr(os, "setpriority") or os.uname().sysname != "Linux":
+        logger.warning("nice: per-thread priorities need Linux; running at normal priority")
+        return
+    thread = threading.get_native_id()
+    current = os.getpriority(os.PRIO_PROCESS, thread)
+    os.setpriority(os.PRIO_PROCESS, thread, min(19, current + increment))

@@ -25,6 +25,11 @@ class GenerateRequest(BaseModel):
     timeout_s: float | None = Field(
         default=None, gt=0, description="deadline; capped by the server's request_timeout_s"
     )
+    priority: Literal["interactive", "batch"] | None = Field(
+        default=None,
+        description="'interactive' (default) is batched first; 'batch' waits for interactive work, at most the "
+        "model's aging_ms before it ranks like interactive work. An API key mapped to 'batch' always runs as batch",
+    )
 
 
 class LatencyMs(BaseModel):
@@ -77,6 +82,9 @@ class ModelInfo(BaseModel):
     max_wait_ms: float
     max_queue_images: int
     queued_images: int
+    max_queue_work: int | None = Field(description="image-steps (images x steps) the queue holds before a 503")
+    queued_work: float | None = Field(description="image-steps waiting for a batch (None: not reported)")
+    workers: list[str] = Field(description="the device of each worker pulling from this model's queue")
 
 
 class ModelList(BaseModel):

@@ -30,6 +30,7 @@ from ddgan.server.png_cache import IMMUTABLE, CacheUse, ImageAddress, PngCache, 
 from ddgan.server.schemas import GenerateRequest, GenerateResponse, LatencyMs
 from ddgan.server.seed_images import SeedImages, encoded_images, seed_images
 from ddgan.server.settings import ServerSettings
+from ddgan.server.tickets import Priority
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request": only ever seen in metrics and logs
 
@@ -70,6 +71,12 @@ def invalid(field: str, message: str) -> APIError:
     return APIError(422, "invalid_request", f"{field}: {message}", details=[detail])
 
 
+def request_priority(body: GenerateRequest, key_priority: Priority | None) -> Priority:
+    """The body's priority (default interactive), never above the one its API key is mapped to."""
+    asked = Priority(body.priority) if body.priority else Priority.INTERACTIVE
+    return max(asked, key_priority or Priority.INTERACTIVE, key=lambda p: p.rank)
+
+
 class GenerationService:
     def __init__(self, engine: Engine, settings: ServerSettings, metrics: ServerMetrics) -> None:
         self.engine = engine
@@ -93,8 +100,12 @@ class GenerationService:
         request_id: str,
         client_gone: Callable[[], Awaitable[Any]],
         cache_use: CacheUse = CacheUse(),
+        key_priority: Priority | None = None,
     ) -> Rendered:
-        """Generate and encode; raises APIError (answered in the error shape) or ClientGoneError."""
+        """Generate and encode; raises APIError (answered in the error shape) or ClientGoneError.
+
+        `key_priority`: the priority the caller's API key is mapped to (`DDGAN_KEY_PRIORITIES`), a ceiling.
+        """
         started = time.perf_counter()
         labels = (UNKNOWN, UNKNOWN)
         status = 200
@@ -104,7 +115,10 @@ class GenerationService:
             self.in_flight += 1
             self.metrics.in_flight_changed(*labels, 1)
             try:
-                return await self._generate(body, served, media_type, request_id, client_gone, cache_use, started)
+                priority = request_priority(body, key_priority)
+                return await self._generate(
+                    body, served, media_type, request_id, client_gone, cache_use, started, priority
+                )
             finally:
                 self.in_flight -= 1
                 self.metrics.in_flight_changed(*labels, -1)
@@ -155,6 +169,10 @@ class GenerationService:
             steps = info.check_steps(body.steps)
         except StepsError as exc:
             raise invalid("body.steps", f"{exc} ({served.entry.name})") from None
+        bound = served.max_queue_work
+        if bound is not None and body.n * steps > bound:
+            message = f"n x steps = {body.n * steps} image-steps exceeds what {served.entry.name} queues ({bound})"
+            raise invalid("body.n", message)
         seed = body.seed if body.seed is not None else random_seed()
         try:
             seeds = image_seeds(seed, body.n)
@@ -171,13 +189,16 @@ class GenerationService:
         client_gone: Callable[[], Awaitable[Any]],
         cache_use: CacheUse,
         started: float,
+        priority: Priority,
     ) -> Rendered:
         info = served.info
         assert info is not None
         seeds, steps, seed = self._check(body, served, info)
         timeout_s = min(self.settings.request_timeout_s, body.timeout_s or math.inf)
-        images = await self._seed_images(served, info, seeds, steps, timeout_s, client_gone, cache_use)
-        return await self._render(body, info, media_type, request_id, seeds, steps, seed, images, started)
+        images = await self._seed_images(served, info, seeds, steps, timeout_s, client_gone, cache_use, priority)
+        rendered = await self._render(body, info, media_type, request_id, seeds, steps, seed, images, started)
+        rendered.headers["X-Priority"] = priority.value
+        return rendered
 
     async def _seed_images(
         self,
@@ -188,18 +209,20 @@ class GenerationService:
         timeout_s: float,
         client_gone: Callable[[], Awaitable[Any]],
         cache_use: CacheUse,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> SeedImages:
         deadline = time.monotonic() + timeout_s
 
         async def generate(missing: list[int]) -> Generated:
             try:
-                return await served.generate(missing, steps, deadline, client_gone)
+                return await served.generate(missing, steps, deadline, client_gone, priority=priority)
             except QueueFullError as exc:
                 raise APIError(
                     503,
                     "overloaded",
                     f"{served.entry.name} has {exc.queued_units} images queued "
-                    f"(limit {served.entry.max_queue_images}); retry in {exc.retry_after_s} s",
+                    f"(limit {served.entry.max_queue_images}), {exc.queued_work:g} image-steps "
+                    f"(limit {served.max_queue_work}); retry in {exc.retry_after_s} s",
                     headers={"Retry-After": str(exc.retry_after_s)},
                 ) from None
             except QueueClosedError:

@@ -7,6 +7,7 @@ to the whole process. Every field can be set as `DDGAN_<FIELD>` (e.g. `DDGAN_API
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,12 @@ class ServerSettings(BaseSettings):
     device: str | None = Field(default=None, description="override every model's device (cpu, cuda, cuda:1, auto)")
     backend: str | None = Field(default=None, description="override every DDGAN model's backend")
     api_key: SecretStr | None = Field(default=None, description="if set, /generate and /v1/models need `Bearer <key>`")
+    key_priorities: dict[str, Literal["interactive", "batch"]] = Field(
+        default_factory=dict,
+        repr=False,
+        description="more API keys, each mapped to the highest priority its requests run at (JSON object, e.g. "
+        '{"<key>": "batch"}); any entry turns authentication on',
+    )
     admin_key: SecretStr | None = Field(
         default=None, description="enables POST /admin/reload for `Bearer <key>` (a key of its own, not api_key)"
     )
@@ -69,6 +76,13 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("key_priorities")
+    @classmethod
+    def _no_blank_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        if any(not key.strip() for key in value):
+            raise ValueError("an API key in DDGAN_KEY_PRIORITIES is empty")
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -30,6 +30,7 @@ from ddgan.server.rayserve.metrics_hub import MetricsPusher
 from ddgan.server.rayserve.replica import Outcome, ReplicaStatus
 from ddgan.server.registry import ModelEntry, Registry
 from ddgan.server.settings import ServerSettings
+from ddgan.server.tickets import Priority
 from ddgan.server.work import WorkProgress
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,18 @@ class RayModelHandle:
     def queued_units(self) -> int:
         return self._queued_units
 
+    @property
+    def queued_work(self) -> float | None:
+        return None  # replicas report their queued images only
+
+    @property
+    def max_queue_work(self) -> int | None:
+        return self.entry.max_queue_work
+
+    @property
+    def workers(self) -> list[str]:
+        return []  # each replica runs its own queue and workers (X-Replica names the one that answered)
+
     async def refresh(self, timeout_s: float) -> None:
         """Ask one replica how it is; no answer in time means no replica is running (yet, or any more)."""
         assert self.deployment is not None
@@ -94,8 +107,10 @@ class RayModelHandle:
         deadline: float,
         client_gone: Callable[[], Awaitable[Any]],
         progress: WorkProgress | None = None,
+        priority: Priority = Priority.INTERACTIVE,
     ) -> Generated:
-        """`progress` (async jobs) hears of the images when the replica's answer arrives, not step by step."""
+        """`progress` (async jobs) hears of the images when the replica's answer arrives, not step by step.
+        `priority` is not forwarded: Serve routes requests to replicas first come, first served."""
         assert self.deployment is not None
         started = time.monotonic()
         for attempt in range(RETRIES_ON_REPLICA_LOSS + 1):

@@ -33,8 +33,8 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {PNG: {}, ZIP: {}},
         "description": "JSON with base64 PNGs (default), one grid PNG (Accept: image/png) or a ZIP of PNGs "
         "(Accept: application/zip). Headers: X-Request-ID, Server-Timing, X-Seed, X-Image-Count, X-Cached-Images, "
-        "X-Weights, X-Dtype. Images of seeds seen before come from the PNG cache; `Cache-Control: no-cache` "
-        "regenerates them.",
+        "X-Weights, X-Dtype, X-Priority. Images of seeds seen before come from the PNG cache; "
+        "`Cache-Control: no-cache` regenerates them.",
     },
 }
 
@@ -53,6 +53,7 @@ async def generate(body: GenerateRequest, request: Request, service: ServiceDep)
         rendered = await service.generate(
             body, media_type, str(request.state.request_id), client_gone(request),
             CacheUse.of(request.headers.get("cache-control")),
+            key_priority=getattr(request.state, "key_priority", None),
         )  # fmt: skip
     except ClientGoneError:
         return Response(status_code=CLIENT_CLOSED)

@@ -36,6 +36,9 @@ def describe(served: ModelHandle, settings_device: str | None) -> ModelInfo:
         max_wait_ms=entry.max_wait_ms,
         max_queue_images=entry.max_queue_images,
         queued_images=served.queued_units,
+        max_queue_work=served.max_queue_work,
+        queued_work=served.queued_work,
+        workers=served.workers,
     )
 
 

@@ -1,10 +1,9 @@
 """BatchQueue on its own (payload-agnostic): coalescing, spanning, cancellation, deadlines, failure isolation,
-Retry-After."""
+work-weighted bounds."""
 
 from __future__ import annotations
 
 import asyncio
-import math
 import threading
 import time
 
@@ -16,9 +15,9 @@ from ddgan.server.batching import (
     DeadlineExceededError,
     QueueClosedError,
     QueueFullError,
-    Slice,
-    Ticket,
+    Worker,
 )
+from ddgan.server.tickets import Priority, Slice, Ticket
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -33,7 +32,7 @@ class Recorder:
         self.release.set()
         self.entered = threading.Event()
 
-    def __call__(self, slices: list[Slice]) -> list[list[int]]:
+    def __call__(self, slices: list[Slice], progress) -> list[list[int]]:
         parts = [piece.payload[piece.start : piece.start + piece.count] for piece in slices]
         self.calls.append([label for part in parts for label in part])
         self.entered.set()
@@ -45,7 +44,7 @@ class Recorder:
 
 def make_queue(recorder: Recorder, **kwargs) -> BatchQueue:
     options = {"max_batch_units": 4, "max_wait_s": 0.0, "max_queue_units": 16, **kwargs}
-    queue = BatchQueue("test", recorder, **options)
+    queue = BatchQueue("test", [Worker("cpu", recorder)], **options)
     queue.start()
     return queue
 
@@ -133,24 +132,23 @@ async def test_a_failing_batch_fails_its_jobs_and_the_worker_goes_on():
     queue.close(5)
 
 
-async def test_queue_bound_and_retry_after_from_measured_throughput():
+async def test_the_queue_is_bounded_in_units_and_in_work():
     recorder = Recorder()
     recorder.release.clear()
-    queue = make_queue(recorder, max_batch_units=2, max_queue_units=4)
-    queue.record_throughput(work=10, seconds=1.0)  # 10 image-steps/s = 5 images/s
-    running = submit(queue, [1, 2], cost=2)
+    queue = make_queue(recorder, max_batch_units=2, max_queue_units=4, max_queue_work=10)
+    running = submit(queue, [1, 2], cost=5)
     await asyncio.to_thread(recorder.entered.wait, 5)
-    waiting = submit(queue, [3, 4, 5, 6], cost=2)
-    with pytest.raises(QueueFullError) as raised:
-        submit(queue, [7], cost=2)
-    # To fit 1 more image, the running batch (4 image-steps) and 1 queued image (2) must drain: 6 / 10 per s.
-    assert raised.value.queued_units == 4
-    assert raised.value.retry_after_s == max(1, math.ceil((4 + 4 * 2 - (4 - 1) * 2) / 10))
-    with pytest.raises(QueueFullError) as big:
-        submit(queue, [8, 9, 10, 11], cost=2)
-    assert big.value.retry_after_s == math.ceil((4 + 8 - 0) / 10)
+    waiting = submit(queue, [3], cost=8)  # 8 of 10 image-steps
+    assert (queue.queued_units, queue.queued_work) == (1, 8)
+    with pytest.raises(QueueFullError) as by_work:
+        submit(queue, [4], cost=3)  # 1 image fits the unit bound, 3 image-steps do not fit the work bound
+    assert (by_work.value.queued_units, by_work.value.queued_work) == (1, 8)
+    cheap = submit(queue, [5, 6], cost=1)  # 2 image-steps still fit
+    with pytest.raises(QueueFullError):
+        submit(queue, [7, 8], cost=0)  # the unit bound: 3 + 2 > 4
     recorder.release.set()
-    await asyncio.gather(running.future, waiting.future)
+    await asyncio.gather(running.future, waiting.future, cheap.future)
+    assert (queue.queued_units, queue.queued_work) == (0, 0)
     queue.close(5)
 
 
@@ -169,3 +167,35 @@ async def test_close_finishes_queued_work_then_refuses():
     await closing
     assert flat(await first.future) == [1]
     assert flat(await second.future) == [2]
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_interactive_first_and_batch_tickets_promoted_after_aging():
+    """Priority order, then aging: a batch ticket waiting aging_s ranks by arrival with the interactive ones."""
+    for aged, expected in ((False, [[1], [11], [12], [21], [22]]), (True, [[1], [21], [11], [22], [12]])):
+        clock, recorder = FakeClock(), Recorder()
+        recorder.release.clear()
+        queue = BatchQueue(
+            "test", [Worker("cpu", recorder)], max_batch_units=1, max_wait_s=0.0, max_queue_units=16,
+            aging_s=2.0, clock=clock,
+        )  # fmt: skip
+        queue.start()
+        blocker = queue.submit([1], 1, 1.0, 1e9)
+        await asyncio.to_thread(recorder.entered.wait, 5)
+        tickets = []
+        for at, label, priority in ((0.1, 21, Priority.BATCH), (0.2, 11, Priority.INTERACTIVE),
+                                    (0.3, 22, Priority.BATCH), (0.4, 12, Priority.INTERACTIVE)):  # fmt: skip
+            clock.now = at
+            tickets.append(queue.submit([label], 1, 1.0, 1e9, priority))
+        clock.now = 2.35 if aged else 1.0  # 21 (2.25 s old) and 22 (2.05 s) have aged; 11, 12 are interactive
+        recorder.release.set()
+        await asyncio.gather(blocker.future, *(t.future for t in tickets))
+        assert recorder.calls == expected, aged
+        queue.close(5)

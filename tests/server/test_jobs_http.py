@@ -27,7 +27,7 @@ def server(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     log = tmp_path_factory.mktemp("log") / "ddgan.server.log"
     running = Server(uvicorn_registry(tiny_models), log, env={"DDGAN_JOBS_MAX": str(JOBS_MAX)})
     try:
-        running.wait_ready()
+        running.wait_ready(300)  # generous: the suite shares 2 cores
         yield running
     finally:
         running.stop()

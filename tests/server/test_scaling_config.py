@@ -55,7 +55,7 @@ def test_merged_page_labels_every_replica_and_sums_to_the_total() -> None:
     replicas = {"mnist-ddgan#a": ServerMetrics(), "mnist-ddgan#b": ServerMetrics(), "ingress#c": ServerMetrics()}
     for name, images in (("mnist-ddgan#a", 3), ("mnist-ddgan#b", 5)):
         observer = replicas[name].queue_observer("mnist", "ddgan")
-        observer.batch_done(images, 0.1)
+        observer.batch_done("cpu", images, 0.1)
         replicas[name].set_model_info("mnist", "ddgan", "torch", "cpu", "float32", False)
     replicas["ingress#c"].observe_request("mnist", "ddgan", 200, 0.2)
     page = render_replicas({name: snapshot(metrics) for name, metrics in replicas.items()}).decode()

@@ -94,7 +94,9 @@ def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def value(url: str, name: str, **labels: str) -> float:
-    return samples(url).get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of the series of `name` whose labels include `labels` (e.g. over every worker's `device`)."""
+    wanted = set(labels.items())
+    return sum(v for (n, series), v in samples(url).items() if n == name and wanted <= set(series))
 
 
 def decode(b64: str) -> np.ndarray:
@@ -169,6 +171,9 @@ def test_overload_deadline_and_disconnect_on_a_busy_ddpm_queue(server):
     assert value(url, "ddgan_requests_total", status="503", **ddpm) >= 1
     assert value(url, "ddgan_requests_total", status="504", **ddpm) >= 1
     assert value(url, "ddgan_queued_images", **ddpm) == 0
+    # The hang-up's 1 image x 4 default steps and the late request's were dropped, never computed.
+    assert value(url, "ddgan_dropped_work_image_steps_total", reason="disconnected", **ddpm) == 4
+    assert value(url, "ddgan_dropped_work_image_steps_total", reason="deadline", **ddpm) == 4
 
 
 def test_metrics_names_and_labels(server):
