@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from ddgan.model.checkpoint import save_model
 from ddgan.model.images import encode_png, make_grid, to_uint8
-from ddgan.model.sampler import open_sampler
-from tests.server.conftest import DDPM_DEFAULT_STEPS, error_of, make_app, wrapping_loader, write_registry
+from ddgan.model.sampler import open_sampler, random_generator
+from tests.server.conftest import DDPM_DEFAULT_STEPS, TINY_DDGAN, error_of, make_app, wrapping_loader, write_registry
 from tests.server.test_generate import metric
+from tests.server.test_reload import ADMIN, registry_text
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -126,3 +129,27 @@ async def test_openapi_lists_the_image_route(tiny_models):
     assert {"200", "304", "404", "422"} <= set(operation["responses"])
     assert "image/png" in operation["responses"]["200"]["content"]
     assert {p["name"] for p in operation["parameters"]} == {"dataset", "sampler", "seed", "steps"}
+
+
+async def test_a_weights_change_by_hot_reload_changes_the_etag_and_never_serves_old_bytes(
+    tiny_models, tmp_path, started
+):
+    ddgan_dir = tmp_path / "ddgan"
+    shutil.copytree(tiny_models / "tiny-ddgan", ddgan_dir)
+    registry = tmp_path / "registry.toml"
+    registry.write_text(registry_text({"ddgan": ddgan_dir, "ddpm": tiny_models / "tiny-ddpm"}))
+    app = make_app(registry, admin_key="admin-secret")
+    client = await started(app)
+    old = await client.get("/v1/images/mnist/ddgan/5.png")
+    assert (await client.get("/v1/images/mnist/ddgan/5.png")).headers["x-cache"] == "hit"
+
+    save_model(ddgan_dir, TINY_DDGAN, random_generator(TINY_DDGAN, seed=99).state_dict())  # new weights
+    assert (await client.post("/admin/reload", headers=ADMIN)).json()["changed"] == ["mnist/ddgan"]
+    await app.state.reloader.wait_idle()
+    new = await client.get("/v1/images/mnist/ddgan/5.png", headers={"if-none-match": old.headers["etag"]})
+    assert new.status_code == 200 and new.headers["x-cache"] == "miss"  # the old ETag is no longer current
+    assert new.headers["etag"] != old.headers["etag"] and new.content != old.content
+    expected = to_uint8(open_sampler(ddgan_dir).sample([5]))
+    np.testing.assert_array_equal(pixels(new.content), expected[0, ..., 0])
+    body = (await client.post("/generate", json={"dataset": "mnist", "n": 1, "seed": 5})).json()
+    assert base64.b64decode(body["images"][0]) == new.content and body["cached"] == 1
