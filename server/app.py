@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +19,8 @@ from ddgan.server.jobs import Clock, JobStore
 from ddgan.server.metrics import UNKNOWN, ServerMetrics
 from ddgan.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from ddgan.server.registry import Registry, load_registry
-from ddgan.server.routes import generate, health, models
+from ddgan.server.reload import RegistryReloader, install_sighup
+from ddgan.server.routes import admin, generate, health, images, models, playground
 from ddgan.server.routes import jobs as jobs_routes
 from ddgan.server.runtime import LoadModel, Runtime
 from ddgan.server.serving import GenerationService
@@ -65,14 +68,21 @@ def create_app(
         metrics=metrics, clock=job_clock,
     )  # fmt: skip
     jobs = JobService(service, job_store, settings)
+    # Hot reload swaps models inside this process; the Ray engine's models are redeployed by Ray instead.
+    reloader = RegistryReloader(engine, settings.registry, metrics) if isinstance(engine, Runtime) else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        on_sighup = install_sighup(reloader) if reloader is not None else None
         try:
             yield
         finally:
             logger.info("shutting down: finishing queued work (up to %.0f s)", settings.shutdown_timeout_s)
+            if on_sighup is not None and reloader is not None:
+                on_sighup.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(reloader.wait_idle(), settings.shutdown_timeout_s)
             await engine.stop()
             await jobs.stop(settings.shutdown_timeout_s)
             await service.stop(settings.shutdown_timeout_s)
@@ -83,6 +93,7 @@ def create_app(
     app.state.engine = engine
     app.state.service = service
     app.state.jobs = jobs
+    app.state.reloader = reloader
 
     def count_rejected(request: Request, status: int) -> None:
         # /generate requests refused before the handler ran (bad JSON, wrong types, auth) still count.
@@ -92,9 +103,12 @@ def create_app(
 
     install_error_handlers(app, on_error=count_rejected)
     app.include_router(generate.router)
+    app.include_router(images.router)
     app.include_router(jobs_routes.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
+    app.include_router(playground.router)
     # Last added is outermost: the request context wraps the body limit, so a 413 also carries X-Request-ID.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)

@@ -156,6 +156,8 @@ class JobService:
                     await asyncio.wait_for(job.cancel_requested.wait(), QUEUE_FULL_POLL_S)
                     return  # cancelled while waiting for room
                 except TimeoutError:
+                    # A hot reload may have swapped the model meanwhile: queue on the one serving now.
+                    model = self.generation.engine.lookup(job.body.dataset, job.body.sampler) or model
                     continue
             except ClientGoneError:
                 return  # cancelled: `cancel` already recorded it

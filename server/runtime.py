@@ -160,9 +160,41 @@ class Runtime:
     def lookup(self, dataset: str, sampler: str) -> ModelHandle | None:
         return self.models.get((dataset, sampler))
 
+    # ----- hot reload (server/reload.py decides what changes; these carry it out) -----
+    def load_detached(self, entry: ModelEntry) -> ServedModel:
+        """Load and warm a model without serving it yet (blocking: run it on a thread); its state says how it went."""
+        served = ServedModel(entry)
+        if self._stopping:
+            served.state, served.reason = ModelState.FAILED, "server shut down before the model loaded"
+        elif not self.settings.random_weights and not weights_present(entry):
+            served.state, served.reason = ModelState.NOT_INSTALLED, not_installed_reason(entry)
+        else:
+            self._load_one(served)
+        return served
+
+    def install(self, served: ServedModel) -> ServedModel | None:
+        """Serve `served` from now on (event loop); returns the model it replaces, for `retire`."""
+        previous = self.models.get(served.entry.key)
+        self.models[served.entry.key] = served
+        return previous
+
+    def withdraw(self, key: tuple[str, str]) -> ServedModel | None:
+        """Stop serving a model (event loop): new requests no longer find it; `retire` it next."""
+        served = self.models.pop(key, None)
+        if served is not None:
+            self.metrics.forget_model_info(*key)
+        return served
+
+    def retire(self, served: ServedModel) -> None:
+        """Blocking: let a model no longer served finish its queued work, then release it."""
+        if served.queue is not None:
+            # No ticket outlives its deadline: waiting that long lets every request in flight complete.
+            served.queue.close(max(self.settings.request_timeout_s, self.settings.jobs_timeout_s))
+        served.sampler = None  # the last reference: weights and device memory go with it
+
     # ----- loading (background thread) -----
     def _load_all(self) -> None:
-        for served in self.models.values():
+        for served in list(self.models.values()):  # a hot reload may change the map meanwhile
             if served.state is ModelState.NOT_INSTALLED:
                 continue
             if self._stopping:

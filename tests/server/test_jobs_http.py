@@ -63,11 +63,14 @@ def test_job_result_is_what_generate_answers(server):
     assert timings["expires_at"] - timings["finished_at"] == pytest.approx(600)  # DDGAN_JOBS_TTL_S default
 
     result = httpx.get(server.url + status["result_url"])
-    direct = httpx.post(server.url + "/generate", json=body)
+    # The job's images fed the PNG cache: regenerate, so that the sampler really runs the seeds again.
+    direct = httpx.post(server.url + "/generate", json=body, headers={"cache-control": "no-cache"})
     assert result.status_code == 200 and result.json()["seeds"] == [21, 22, 23, 24]
     assert result.json()["images"] == direct.json()["images"]
     grid = httpx.get(server.url + status["result_url"], headers={"accept": "image/png"})
-    direct_grid = httpx.post(server.url + "/generate", json=body, headers={"accept": "image/png"})
+    direct_grid = httpx.post(
+        server.url + "/generate", json=body, headers={"accept": "image/png", "cache-control": "no-cache"}
+    )
     assert grid.headers["content-type"] == "image/png" and grid.content == direct_grid.content
     archive = httpx.get(server.url + status["result_url"], headers={"accept": "application/zip"})
     names = zipfile.ZipFile(io.BytesIO(archive.content)).namelist()

@@ -130,7 +130,8 @@ def test_concurrent_requests_match_lone_requests(server):
     batches = value(server.url, "ddgan_batch_size_images_count", model="mnist", sampler="ddgan") - batches_before
     assert batches < len(requests)  # requests really shared batches
     for (seed, n), response in zip(requests, together, strict=True):
-        alone = httpx.post(server.url + "/generate", json={"dataset": "mnist", "n": n, "seed": seed}).json()
+        alone = httpx.post(server.url + "/generate", json={"dataset": "mnist", "n": n, "seed": seed},
+                           headers={"cache-control": "no-cache"}).json()  # fmt: skip
         assert response.json()["images"] == alone["images"]
 
 
