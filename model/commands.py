@@ -23,6 +23,7 @@ from ddgan.model.images import encode_png, make_grid, to_uint8
 from ddgan.model.noise import image_seeds, random_seed
 from ddgan.model.official_args import OfficialArgsError, parse_assignments
 from ddgan.model.sampler import Sampler, SamplerError, StepsError, open_sampler
+from ddgan.model.threads import set_threads
 
 EXIT_USAGE = 2
 RANDOM_PREFIX = "random-weights-"
@@ -59,6 +60,8 @@ def _sample(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.micro_batch is not None and args.micro_batch < 1:
         raise UsageError(f"--micro-batch must be >= 1, got {args.micro_batch}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"output {args.out} exists and is not a directory")
     seed = random_seed() if args.seed is None else args.seed
@@ -66,6 +69,7 @@ def _sample(args: argparse.Namespace) -> int:
         seeds = image_seeds(seed, args.num_images)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    set_threads(args.threads)
     sampler = _build_sampler(args)
     info = sampler.info
     try:

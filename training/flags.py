@@ -36,7 +36,7 @@ def positive_int(text: str) -> int:
 
 def add_common_flags(parser: argparse.ArgumentParser, threads_default: int | None = None) -> None:
     """`--threads` and `--no-progress`, the flags every training and evaluation command has."""
-    default = "torch's default" if threads_default is None else threads_default
+    default = "default: the CPUs this process may use" if threads_default is None else threads_default
     parser.add_argument(
         "--threads", type=positive_int, default=threads_default, help=f"CPU threads (torch.set_num_threads; {default})"
     )
@@ -87,7 +87,7 @@ def loop_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
+    """`threads`, or the CPUs this process may use (affinity mask, cgroup quota; OMP_NUM_THREADS wins)."""
+    from ddgan.model.threads import set_threads as set_torch_threads
 
-        torch.set_num_threads(threads)
+    set_torch_threads(threads or None)
