@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tolerance",
         type=float,
         default=None,
-        help="max |onnxruntime - torch| (1e-4; fp16 0.5, and its 8-bit images: mean <= 1 level, 99.9%% <= 4)",
+        help="max |onnxruntime - torch| (1e-4; fp16 0.5, and its 8-bit images: mean <= 1 level, 99%% <= 4)",
     )
     onnx.set_defaults(handler=_export_onnx)
 
@@ -81,8 +81,8 @@ def _export_onnx(args: argparse.Namespace) -> int:
     )
     if check.uint8_mean_levels is not None:
         sys.stdout.write(
-            f"8-bit images: |Δ| {check.uint8_mean_levels:.3g} grey levels on average, {check.uint8_p999_levels:.0f} "
-            f"at the 99.9th percentile, {check.uint8_max_levels:.0f} at most\n"
+            f"8-bit images: |Δ| {check.uint8_mean_levels:.3g} grey levels on average, {check.uint8_p99_levels:.0f} "
+            f"at the 99th percentile, {check.uint8_max_levels:.0f} at most\n"
         )
     return 0
 

@@ -1,6 +1,6 @@
 """The fp16 ONNX variant: fp16 generator, fp32 normalisations / z path / AdaGN and float32 I/O, within its bound.
 
-The bound is on 8-bit images (mean |Δ| <= 1 grey level, 99.9% of pixels within 4), checked on the bundled
+The bound is on 8-bit images (mean |Δ| <= 1 grey level, 99% of pixels within 4), checked on the bundled
 trained MNIST model: random weights hid that the old float16 AdaGN moved trained samples by up to 31 levels.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from ddgan.export.onnx_export import FP16_MEAN_LEVELS, FP16_P999_LEVELS, FP16_TOLERANCE, batch_dims, export_onnx
+from ddgan.export.onnx_export import FP16_MEAN_LEVELS, FP16_P99_LEVELS, FP16_TOLERANCE, batch_dims, export_onnx
 from ddgan.model.images import to_uint8
 from tests.export.conftest import load_sampler, make_model_dir, tiny_config
 
@@ -59,8 +59,8 @@ def test_fp16_export_of_the_trained_bundled_model_meets_the_8_bit_bound(tmp_path
     output = tmp_path / "chain.fp16.onnx"
     meta = export_onnx(BUNDLED_MNIST, output, fp16=True, max_batch=16)
     check = meta.verification
-    assert check.uint8_mean_levels is not None and check.uint8_p999_levels is not None
-    assert check.uint8_mean_levels <= FP16_MEAN_LEVELS and check.uint8_p999_levels <= FP16_P999_LEVELS
+    assert check.uint8_mean_levels is not None and check.uint8_p99_levels is not None
+    assert check.uint8_mean_levels <= FP16_MEAN_LEVELS and check.uint8_p99_levels <= FP16_P99_LEVELS
     assert 0 < check.max_abs_error <= FP16_TOLERANCE
     # the installed graph through the sampler factory, on seeds of its own, against the fp32 torch sampler
     model = tmp_path / "mnist"
@@ -73,4 +73,4 @@ def test_fp16_export_of_the_trained_bundled_model_meets_the_8_bit_bound(tmp_path
     fp16 = to_uint8(load_sampler(model, backend="onnxruntime", dtype="float16").sample(seeds)).astype(np.int16)
     fp32 = to_uint8(load_sampler(model).sample(seeds)).astype(np.int16)
     levels = np.abs(fp16 - fp32).astype(np.float64)
-    assert levels.mean() <= FP16_MEAN_LEVELS and np.quantile(levels, 0.999) <= FP16_P999_LEVELS
+    assert levels.mean() <= FP16_MEAN_LEVELS and np.quantile(levels, 0.99) <= FP16_P99_LEVELS
