@@ -71,6 +71,10 @@ class Verification:
     batch_sizes: tuple[int, ...]
     max_abs_error: float
     tolerance: float
+    # the same images as 8-bit pixels: |Δ| in grey levels (mean, 99th percentile, max); None before 0.4
+    uint8_mean_levels: float | None = None
+    uint8_p99_levels: float | None = None
+    uint8_max_levels: float | None = None
 
 
 @dataclass(frozen=True)

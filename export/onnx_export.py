@@ -4,10 +4,11 @@ The graph is `SamplingChain` itself: inputs x_T (B, C, H, W), z (T, B, nz), nois
 x_0 (B, C, H, W) in [-1, 1], with all T generator calls and posterior steps unrolled. All randomness is an
 input, so a seed drawn on the host gives the same image on every runtime (export-notes §3).
 
-Precision. fp32: everything in float32. fp16: the generator's weights and activations are float16, its group
-normalisations compute in float32 (`model.ncsnpp.group_norm` casts around them), and the chain keeps float32
-inputs, outputs and posterior arithmetic (x_t = c1·x̂_0 + c2·x_{t+1} + σ·ξ, DDPM Eq. 7), with casts at the
-generator's boundary. Both variants therefore take and return float32 tensors.
+Precision. fp32: everything in float32. fp16: the generator's convolutions, attention and their activations are
+float16; its group normalisations, z mapping network and AdaGN modulations compute in float32 (`Float16Generator`),
+and the chain keeps float32 inputs, outputs and posterior arithmetic (x_t = c1·x̂_0 + c2·x_{t+1} + σ·ξ, DDPM
+Eq. 7), with casts at the generator's boundary. Both variants take and return float32 tensors. The fp16 graph is
+verified on 8-bit images (`FP16_MEAN_LEVELS`, `FP16_P99_LEVELS`), the fp32 one on the raw maximum error.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -40,17 +43,24 @@ from ddgan.model.checkpoint import load_model, make_readable, weights_digest
 from ddgan.model.config import ModelConfig
 from ddgan.model.ddpm_io import is_ddpm_directory
 from ddgan.model.diffusion import SamplingChain
-from ddgan.model.ncsnpp import NCSNpp
+from ddgan.model.images import to_uint8
+from ddgan.model.ncsnpp import AdaptiveGroupNorm, NCSNpp
 from ddgan.model.noise import chain_noise, image_seeds, random_seed
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 20  # torch 2.13's default; GroupNorm exports as InstanceNormalization (export-notes §5)
 FP32_TOLERANCE = 1e-4
-# fp16 generator vs the fp32 torch chain, on images in [-1, 1]; one 8-bit grey level is 2/255 ≈ 7.8e-3.
-FP16_TOLERANCE = 2e-2
+# fp16 against the fp32 torch chain, judged on the 8-bit images users get: on average at most 1 grey level
+# off and 99% of pixels within 4 levels. A trained generator's 4-step chain turns float16 rounding into a few
+# pixels off by more (edges move by a fraction of a pixel: 5 levels at the 99.9th percentile on the bundled
+# MNIST model), so the raw max only catches broken graphs.
+FP16_MEAN_LEVELS = 1.0
+FP16_P99_LEVELS = 4.0
+FP16_TOLERANCE = 0.5  # max |Δ| on [-1, 1]: no pixel off by a quarter of the range
 EXAMPLE_BATCH = 2  # >= 2: an example batch of 1 silently makes the batch static (export-notes §4)
 VERIFY_BATCHES = (1, 3)  # neither is the example batch, so verification exercises the dynamic dimension
+VERIFY_BATCHES_FP16 = (3, 13)  # 16 images: enough pixels for a 99th percentile that means something
 
 
 class ExportError(RuntimeError):
@@ -58,14 +68,23 @@ class ExportError(RuntimeError):
 
 
 class Float16Generator(nn.Module):
-    """The generator in float16 behind float32 inputs and outputs (normalisations stay float32 inside)."""
+    """The generator in float16 behind float32 inputs and outputs, its style path in float32.
+
+    Float32 stay: the group normalisations (`model.ncsnpp.group_norm`), the z mapping network and every AdaGN
+    modulation (style layer, gamma·norm + beta), whose float16 rounding moved trained MNIST samples by up to 31
+    grey levels on its own (weights rounded one module kind at a time; convolutions: 5, the rest <= 3).
+    """
 
     def __init__(self, generator: NCSNpp) -> None:
         super().__init__()
         self.generator = generator.half()
+        self.generator.z_transform.float()
+        for module in self.generator.modules():
+            if isinstance(module, AdaptiveGroupNorm):
+                module.style.float()
 
     def forward(self, x: Tensor, t: Tensor, z: Tensor) -> Tensor:
-        return self.generator(x.half(), t, z.half()).float()
+        return self.generator(x.half(), t, z).float()
 
 
 def export_chain(generator: NCSNpp, config: ModelConfig, precision: str) -> SamplingChain:
@@ -150,14 +169,25 @@ def trace_to_onnx(chain: SamplingChain, config: ModelConfig, path: Path, opset: 
     program.save(path, external_data=False)
 
 
+@dataclass(frozen=True)
+class VerifyResult:
+    """ONNX Runtime against torch over the verification images: raw and as 8-bit grey levels."""
+
+    max_abs_error: float
+    uint8_mean_levels: float
+    uint8_p99_levels: float
+    uint8_max_levels: float
+
+
 def verify_onnx(
     path: Path, reference: SamplingChain, config: ModelConfig, batch_sizes: Sequence[int], seed: int | None = None
-) -> float:
-    """Max |ONNX Runtime (CPU) - torch| over fresh seeded chain noise at each batch size."""
+) -> VerifyResult:
+    """|ONNX Runtime (CPU) - torch| over fresh seeded chain noise at each batch size."""
     session = ort_session(path)
     seed = random_seed() if seed is None else seed
     worst = 0.0
     offset = seed
+    levels = []
     for batch in batch_sizes:
         noise = chain_noise(
             image_seeds(offset, batch), config.image_shape, config.generator.nz, config.diffusion.num_timesteps
@@ -170,7 +200,25 @@ def verify_onnx(
         error = float((torch.from_numpy(actual) - expected).abs().max())
         logger.info("verify batch %d (seeds %d..): max |onnxruntime - torch| = %.3g", batch, offset - batch, error)
         worst = max(worst, error)
-    return worst
+        pixels = np.abs(to_uint8(torch.from_numpy(actual)).astype(np.int16) - to_uint8(expected).astype(np.int16))
+        levels.append(pixels.reshape(-1))
+    all_levels = np.concatenate(levels).astype(np.float64)
+    return VerifyResult(worst, float(all_levels.mean()), float(np.quantile(all_levels, 0.99)), float(all_levels.max()))
+
+
+def check_verification(result: VerifyResult, tolerance: float, fp16: bool) -> None:
+    """ExportError unless the raw max is within `tolerance` and, for fp16, the 8-bit images within their bound."""
+    if not result.max_abs_error <= tolerance:
+        raise ExportError(
+            f"verification failed: max |onnxruntime - torch| = {result.max_abs_error:.3g} exceeds the tolerance "
+            f"{tolerance:.1g}"
+        )
+    if fp16 and not (result.uint8_mean_levels <= FP16_MEAN_LEVELS and result.uint8_p99_levels <= FP16_P99_LEVELS):
+        raise ExportError(
+            f"verification failed: 8-bit images differ by {result.uint8_mean_levels:.3g} grey levels on average "
+            f"and {result.uint8_p99_levels:.0f} at the 99th percentile (bound {FP16_MEAN_LEVELS:g} and "
+            f"{FP16_P99_LEVELS:g})"
+        )
 
 
 def tool_versions() -> dict[str, str]:
@@ -202,7 +250,7 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     max_batch: int = 64,
     tolerance: float | None = None,
-    verify_batches: Sequence[int] = VERIFY_BATCHES,
+    verify_batches: Sequence[int] | None = None,
 ) -> OnnxMetadata:
     """Export, verify and atomically install `output` and `output.json`; nothing is written if a check fails."""
     import onnx
@@ -211,6 +259,7 @@ def export_onnx(
     _check_exportable(model_dir)
     precision = "fp16" if fp16 else "fp32"
     tolerance = (FP16_TOLERANCE if fp16 else FP32_TOLERANCE) if tolerance is None else tolerance
+    verify_batches = verify_batches or (VERIFY_BATCHES_FP16 if fp16 else VERIFY_BATCHES)
     digest = weights_digest(model_dir)
     config, generator = load_model(model_dir, device="cpu")
     reference = export_chain(generator, config, "fp32")
@@ -229,12 +278,13 @@ def export_onnx(
         graph = onnx.load(str(tmp))
         assert_symbolic_batch(graph)
         inputs, outputs = _shapes(graph)
-        error = verify_onnx(tmp, reference, config, verify_batches)
-        logger.info("max |onnxruntime - torch fp32| = %.3g (tolerance %.1g)", error, tolerance)
-        if not error <= tolerance:
-            raise ExportError(
-                f"verification failed: max |onnxruntime - torch| = {error:.3g} exceeds the tolerance {tolerance:.1g}"
-            )
+        result = verify_onnx(tmp, reference, config, verify_batches)
+        logger.info(
+            "max |onnxruntime - torch fp32| = %.3g (tolerance %.1g); 8-bit grey levels: mean %.3g, 99%% %.0f, max "
+            "%.0f", result.max_abs_error, tolerance, result.uint8_mean_levels, result.uint8_p99_levels,
+            result.uint8_max_levels,
+        )  # fmt: skip
+        check_verification(result, tolerance, fp16)
         metadata = OnnxMetadata(
             file=output.name,
             sha256=file_sha256(tmp),
@@ -251,7 +301,15 @@ def export_onnx(
             example_batch=EXAMPLE_BATCH,
             weights_digest=digest,
             model_config=config.to_dict(),
-            verification=Verification("onnxruntime CPUExecutionProvider", tuple(verify_batches), error, tolerance),
+            verification=Verification(
+                "onnxruntime CPUExecutionProvider",
+                tuple(verify_batches),
+                result.max_abs_error,
+                tolerance,
+                result.uint8_mean_levels,
+                result.uint8_p99_levels,
+                result.uint8_max_levels,
+            ),
             versions=tool_versions(),
         )
         make_readable(tmp)

@@ -164,8 +164,12 @@ class AdaptiveGroupNorm(nn.Module):
             self.style.bias[channels:] = 0.0
 
     def forward(self, x: Tensor, z_emb: Tensor) -> Tensor:
-        gamma, beta = self.style(z_emb)[:, :, None, None].chunk(2, dim=1)
-        return torch.addcmul(beta, gamma, group_norm(x, self.num_groups))
+        # The modulation runs in the style layer's dtype: a float16 export keeps it float32 (gamma·norm + beta is
+        # where float16 rounding of a trained generator's weights costs whole 8-bit grey levels; see
+        # export.onnx_export), then hands the next layer x's dtype. With one dtype throughout, the casts are no-ops.
+        style = self.style(z_emb.to(self.style.weight.dtype))
+        gamma, beta = style[:, :, None, None].chunk(2, dim=1)
+        return torch.addcmul(beta, gamma, group_norm(x.to(style.dtype), self.num_groups)).to(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -341,7 +345,8 @@ class NCSNpp(nn.Module):
         """x: (B, C, H, W) noisy x_{t+1} in [-1, 1]; t: (B,) int64 step index; z: (B, nz). Returns x̂_0."""
         m = self.all_modules
         z_emb = self.z_transform(z)
-        temb = m[1](F.silu(m[0](timestep_embedding(t, self.config.num_channels_dae).to(z_emb.dtype))))
+        # x's dtype, not z_emb's: an fp16 export keeps the z path float32 and the time MLP float16
+        temb = m[1](F.silu(m[0](timestep_embedding(t, self.config.num_channels_dae).to(x.dtype))))
         temb_act = F.silu(temb)  # every ResBlock's Dense_0 reads act(temb)
 
         x = cpu_layout(x)

@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -73,8 +74,22 @@ class CompiledChain:
         self.device = device
         self.mode = mode or ("reduce-overhead" if device.type == "cuda" else "default")
         self.compiled = torch.compile(chain, mode=self.mode)
+        self._seen_batches: set[int] = set()
 
     def __call__(self, x_T: Tensor, z: Tensor, noise: Tensor) -> Tensor:
+        batch = int(x_T.shape[0])
+        if batch not in self._seen_batches:  # compilation is minutes of silent work: say so before and after
+            self._seen_batches.add(batch)
+            logger.info(
+                "torch.compile (mode %s): compiling the chain for batch %d, may take minutes ...", self.mode, batch
+            )
+            started = time.perf_counter()
+            output = self._run(x_T, z, noise)
+            logger.info("torch.compile: batch %d ready in %.1f s", batch, time.perf_counter() - started)
+            return output
+        return self._run(x_T, z, noise)
+
+    def _run(self, x_T: Tensor, z: Tensor, noise: Tensor) -> Tensor:
         if self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # each call is a new inference step: outputs may be reused
             return self.compiled(x_T, z, noise).clone()

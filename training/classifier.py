@@ -146,6 +146,7 @@ def train_classifier(
     start = time.time()
     bar = tqdm(total=config.epochs * steps_per_epoch, disable=not progress, unit="step", dynamic_ncols=True)
     for epoch in range(config.epochs):
+        bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
         model.train()
         order = torch.randperm(len(images), generator=generator)
         for step in range(steps_per_epoch):

@@ -23,6 +23,7 @@ from torch import Tensor
 from ddgan.model.ddpm import DDPMSampler, ddpm_info
 from ddgan.model.ddpm_io import DDPMConfig, save_ddpm
 from ddgan.model.noise import image_seeds
+from ddgan.model.sampling import Progress
 from ddgan.training.datasets import ImageDataset
 from ddgan.training.ddpm_config import DDPMTrainConfig
 from ddgan.training.distributed import DistContext
@@ -136,20 +137,28 @@ class DDPMTrainer(LoopTrainer):
         self.optimizer.load_state_dict(state["optim"])
         self.step = step
 
-    def sample_images(self, steps: int | None = None) -> Tensor:
+    def sample_images(self, steps: int | None = None, progress: Progress | None = None) -> Tensor:
         """EMA samples of the run's fixed seeds with `steps` denoising steps (default: `sample_steps`)."""
         c = self.config
         steps = steps or c.sample_steps
         model = DDPMConfig(c.channels, c.image_size, c.num_train_timesteps, steps, dataset=c.dataset_name)
         info = ddpm_info(model, device=str(self.device), dtype="float32", weights_digest=f"training step {self.step}")
         sampler = DDPMSampler(self.ema, dict(build_scheduler(c).config), info)
-        return sampler.sample(image_seeds(c.sample_seed, c.sample_count), steps=steps)
+        return sampler.sample(image_seeds(c.sample_seed, c.sample_count), steps=steps, progress=progress)
 
     def write_final_samples(self, writer: Any, finished: bool) -> None:
-        """A finished run's grid at `final_sample_steps` (the serving default, 1000); none for a stopped one."""
+        """A finished run's grid at `final_sample_steps` (the serving default, 1000); none for a stopped one.
+
+        Its denoising steps can take minutes on a CPU: a status line says so first, and a progress bar counts them.
+        """
         if finished and self.config.final_sample_steps:
+            from tqdm import tqdm
+
             steps = self.config.final_sample_steps
-            path = self.write_grid(self.sample_images(steps), f"final_{steps}steps.png", writer, "samples_ema_final")
+            logger.info("sampling the final grid: %d images x %d denoising steps ...", self.config.sample_count, steps)
+            with tqdm(total=steps, desc="final grid", unit="step", disable=None, dynamic_ncols=True) as bar:
+                images = self.sample_images(steps, progress=lambda done, _total: bar.update(done - bar.n))
+            path = self.write_grid(images, f"final_{steps}steps.png", writer, "samples_ema_final")
             logger.info("final grid (%d denoising steps): %s", steps, path)
 
     def export(self, directory: Path, trained_on: str) -> Path:
