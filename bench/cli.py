@@ -1,4 +1,4 @@
-"""`ddgan bench {sampler,serve,backends}`: each benchmark lives in its own module with `add_parser(sub)`."""
+"""`ddgan bench {sampler,serve,backends,quality,gpu}`: each benchmark lives in its own module with `add_parser(sub)`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ BENCHMARKS = {
     "sampler": "ddgan.bench.sampler",
     "serve": "ddgan.bench.serve",
     "backends": "ddgan.bench.backends",
+    "quality": "ddgan.bench.quality",
     "gpu": "ddgan.bench.gpu.validate",
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks: sampler, serve, backends, gpu")
+    parser = subparsers.add_parser("bench", help="benchmarks: sampler, serve, backends, quality, gpu")
     bench_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     for module in BENCHMARKS.values():  # a benchmark imports its optional extras when it runs, not here
         importlib.import_module(module).add_parser(bench_sub)
