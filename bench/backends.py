@@ -24,7 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+from ddgan.model.threads import set_threads
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +49,13 @@ VARIANTS: dict[str, Variant] = {
     "torch-compile-bf16": Variant("torch-compile", "bfloat16", True),
     "onnxruntime": Variant("onnxruntime", "float32"),
     "onnxruntime-fp16": Variant("onnxruntime", "float16"),
+    "openvino": Variant("openvino", "float32"),
+    "openvino-bf16": Variant("openvino", "bfloat16"),
     "tensorrt": Variant("tensorrt", "float32", True),
     "tensorrt-fp16": Variant("tensorrt", "float16", True),
 }
-CPU_DEFAULT = ("torch", "torch-compile", "onnxruntime", "onnxruntime-fp16")
+CPU_DEFAULT = ("torch", "torch-bf16", "torch-compile", "onnxruntime", "openvino")
+EXPORTED = ("onnxruntime", "openvino", "tensorrt")  # backends that run an exported artefact
 
 
 @dataclass
@@ -61,6 +67,8 @@ class Row:
     images_per_s: float | None
     vs_torch: float | None
     max_abs_diff: float | None
+    uint8_mean_err: float | None  # mean |PNG pixel - torch fp32's| in 1/255 units, on the same noise
+    uint8_max_err: float | None
     floor_ms: float | None
     note: str = ""
 
@@ -76,7 +84,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per cell (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs per cell (compilation happens here)")
-    parser.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch and onnxruntime threads (default: the CPUs this process may use)",
+    )
     parser.add_argument("--workdir", help="where exported artifacts go (default: a temporary directory)")
     parser.add_argument("--json", help="also write the rows as JSON here")
     parser.set_defaults(handler=run)
@@ -181,12 +194,12 @@ def _loadable_dir(model_dir: Path, workdir: Path, variant: Variant, device: torc
 def run(args: argparse.Namespace) -> int:
     from ddgan.model.checkpoint import load_config
     from ddgan.model.ddgan_sampler import DDGANSampler
+    from ddgan.model.images import to_uint8
     from ddgan.model.sampler import backend_availability, open_sampler
 
     device = torch.device(args.device)
     batches = [int(b) for b in args.batch.split(",")]
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     names = args.backends.split(",") if args.backends else list(VARIANTS if device.type == "cuda" else CPU_DEFAULT)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -210,22 +223,24 @@ def run(args: argparse.Namespace) -> int:
         if variant.cuda_only and device.type != "cuda":
             reason = "needs a CUDA device"
         if reason:
-            rows += [Row(label, name, b, None, None, None, None, None, f"not run: {reason}") for b in batches]
+            rows += [
+                Row(label, name, b, None, None, None, None, None, None, None, f"not run: {reason}") for b in batches
+            ]
             continue
         try:
             directory = model_dir
-            if variant.backend in ("onnxruntime", "tensorrt"):
+            if variant.backend in EXPORTED:
                 directory = _loadable_dir(model_dir, workdir, variant, device, max(batches))
             options = dict(variant.options)
-            if variant.backend == "onnxruntime" and args.threads:
-                options["threads"] = args.threads
+            if variant.backend in ("onnxruntime", "openvino"):
+                options["threads"] = threads
             sampler = open_sampler(
                 directory, backend=variant.backend, device=str(device), dtype=variant.dtype, options=options
             )
             assert isinstance(sampler, DDGANSampler)
         except Exception as exc:  # report the failure in the table, keep benchmarking the others
             logger.exception("variant %s failed to load", name)
-            rows += [Row(label, name, b, None, None, None, None, None, f"failed: {exc}") for b in batches]
+            rows += [Row(label, name, b, None, None, None, None, None, None, None, f"failed: {exc}") for b in batches]
             continue
         for batch in batches:
             noise = sampler.noise(list(range(batch)))
@@ -234,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
             if name == "torch":
                 baseline[batch] = (seconds, images)
             base = baseline.get(batch)
+            pixel_err = np.abs(to_uint8(images).astype(int) - to_uint8(base[1]).astype(int)) if base else None
             rows.append(
                 Row(
                     model=label,
@@ -243,6 +259,8 @@ def run(args: argparse.Namespace) -> int:
                     images_per_s=batch / seconds,
                     vs_torch=base[0] / seconds if base else None,
                     max_abs_diff=float((images - base[1]).abs().max()) if base else None,
+                    uint8_mean_err=float(pixel_err.mean()) if pixel_err is not None else None,
+                    uint8_max_err=float(pixel_err.max()) if pixel_err is not None else None,
                     floor_ms=flops * batch / rate * 1e3,
                 )
             )
@@ -265,17 +283,18 @@ def format_table(rows: list[Row]) -> str:
 
     lines = [
         "| model | backend | batch | ms/batch | images/s | × torch eager | max abs diff vs torch "
-        "| FLOP floor ms | × floor |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| 8-bit error mean / max (1/255) | FLOP floor ms | × floor |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r.ms_per_batch is None:
-            lines.append(f"| {r.model} | {r.variant} | {r.batch} | {r.note} | | | | | |")
+            lines.append(f"| {r.model} | {r.variant} | {r.batch} | {r.note} | | | | | | |")
             continue
         over = r.ms_per_batch / r.floor_ms if r.floor_ms else None
         lines.append(
             f"| {r.model} | {r.variant} | {r.batch} | {num(r.ms_per_batch, '.1f')} | {num(r.images_per_s, '.1f')} "
-            f"| {num(r.vs_torch, '.2f')} | {num(r.max_abs_diff, '.1e')} | {num(r.floor_ms, '.2f')} "
+            f"| {num(r.vs_torch, '.2f')} | {num(r.max_abs_diff, '.1e')} "
+            f"| {num(r.uint8_mean_err, '.3f')} / {num(r.uint8_max_err, '.0f')} | {num(r.floor_ms, '.2f')} "
             f"| {num(over, '.0f')} |"
         )
     return "\n".join(lines) + "\n"

@@ -34,6 +34,7 @@ from ddgan.model.diffusion import SamplingChain
 from ddgan.model.ncsnpp import NCSNpp
 from ddgan.model.noise import image_seeds
 from ddgan.model.sampler import open_sampler
+from ddgan.model.threads import set_threads
 
 logger = logging.getLogger(__name__)
 
@@ -233,8 +234,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("ddgan bench sampler: --clock cpu only makes sense with --device cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("ddgan bench sampler: --device cuda but CUDA is not available")
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     command = "ddgan " + shlex.join(sys.argv[1:])
     machine = machine_description(device)
     results = []
@@ -275,7 +275,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--warmup", type=_at_least(0), default=1, help="untimed warm-up calls before timing (default 1)"
     )
-    parser.add_argument("--threads", type=_at_least(1), default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=_at_least(1), default=None, help="torch threads (default: the CPUs it may use)"
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument(
         "--clock",

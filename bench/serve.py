@@ -62,7 +62,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved server-vs-raw rounds at saturation")
     parser.add_argument("--ddpm-steps", type=int, help="DDPM steps for the DDGAN-vs-DDPM rows (default: its default)")
     parser.add_argument("--ddpm-requests", type=int, default=5, help="sequential requests per sampler for that row")
-    parser.add_argument("--torch-threads", type=int, help="torch threads for the spawned server and the raw sampler")
+    parser.add_argument(
+        "--threads",
+        "--torch-threads",
+        dest="torch_threads",
+        type=int,
+        help="torch threads of the spawned server and the raw sampler (default: the CPUs this process may use)",
+    )
     parser.add_argument("--json", type=Path, help="also write all results as JSON")
     parser.set_defaults(handler=run)
 
@@ -248,10 +254,9 @@ def table(rows: list[LevelResult]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown the report
-    if args.torch_threads:
-        import torch
+    from ddgan.model.threads import set_threads
 
-        torch.set_num_threads(args.torch_threads)
+    set_threads(args.torch_threads)
     levels = [int(c) for c in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory() as workdir:
         context = spawned_server(args, Path(workdir)) if args.spawn else contextlib.nullcontext(args.url)
@@ -266,7 +271,11 @@ def report(args: argparse.Namespace, url: str, levels: list[int]) -> int:
         raise SystemExit(f"{url} serves no ready ddgan model for {args.dataset!r}")
     max_batch = int(models["ddgan"]["max_batch_images"])
     body = {"dataset": args.dataset, "n": args.n}
-    print(f"# ddgan bench serve: {args.dataset}, {models['ddgan']['weights']} weights, max_batch_images={max_batch}")
+    print(
+        f"# ddgan bench serve: {args.dataset}, {models['ddgan']['weights']} weights, max_batch_images={max_batch}, "
+        f"micro_batch={models['ddgan'].get('micro_batch')} ({models['ddgan'].get('micro_batch_choice')}); "
+        f"warm-up ms/image by batch size: {models['ddgan'].get('warmup_ms_per_image')}"
+    )
     print(f"machine: {machine()}\n")
 
     # The raw sampler runs before and after the HTTP runs: on a shared machine the mean of both is the fair base.
@@ -311,11 +320,15 @@ def report(args: argparse.Namespace, url: str, levels: list[int]) -> int:
         "raw_images_per_s_at_max_batch": raw[max_batch],
         "server_over_raw_median": float(np.median([server / raw_rate for server, raw_rate in rounds])),
         "batched_over_serial": saturated.images_per_s / serial.images_per_s,
+        # A lone one-image request, end to end, against one raw batch-1 sampler call (no HTTP, no PNG).
+        "one_image_p50_over_raw_batch1": serial.p50_ms / (1000 / raw[1]),
         "raw_batch_scaling": raw[max_batch] / raw[1],
     }
     print(
         f"\nserver at saturation vs raw sampler at batch {max_batch}, median of {len(rounds)} interleaved rounds: "
         f"{summary['server_over_raw_median']:.0%}\n"
+        f"one-image request p50 {serial.p50_ms:.1f} ms vs the raw sampler at batch 1 {1000 / raw[1]:.1f} ms: "
+        f"{summary['one_image_p50_over_raw_batch1']:.2f}x\n"
         f"batched vs serial single-image requests: {summary['batched_over_serial']:.2f}x "
         f"(the raw sampler's batch-{max_batch}/batch-1 scaling allows {summary['raw_batch_scaling']:.2f}x)\n"
     )

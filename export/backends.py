@@ -1,4 +1,4 @@
-"""The exporters' backends of the sampler factory: ONNX Runtime and TensorRT over exported chain artefacts.
+"""The exporters' backends of the sampler factory: ONNX Runtime, OpenVINO and TensorRT over exported chain artefacts.
 
 `register()` adds them to `ddgan.model.sampler` (the composing program calls it: the `ddgan` command and the
 server). Every backend runs the same explicit-noise chain, so a seed gives the same image on every backend
@@ -74,6 +74,24 @@ def onnx_chain(request: ChainRequest) -> RunChain:
     return OnnxRuntimeChain(path, request.device, providers, options.get("threads"))
 
 
+def openvino_chain(request: ChainRequest) -> RunChain:
+    """OpenVINO over the model directory's (or `options["artifact"]`'s) fp32 chain.onnx, compiled for this CPU."""
+    from ddgan.export.openvino_backend import OpenVINOChain
+
+    model_dir, options = _model_dir(request, "openvino"), request.options
+    path = Path(options["artifact"]) if "artifact" in options else model_dir / onnx_file_name("fp32")
+    hint = onnx_export_command(model_dir, "fp32")
+    if not path.is_file():
+        raise ArtifactError(f"{model_dir} has no exported {path.name}; export it with: {hint}")
+    metadata = read_onnx_metadata(path)
+    if metadata.precision != "fp32":
+        raise ArtifactError(f"{path} is a {metadata.precision} graph; openvino reads the fp32 chain.onnx")
+    check_artifact(path, metadata, model_dir, hint)
+    _check_config(model_dir, metadata.model_config, request.config, path)
+    dtype = str(request.dtype).removeprefix("torch.")
+    return OpenVINOChain(path, dtype, options.get("threads"))
+
+
 def tensorrt_chain(request: ChainRequest) -> RunChain:
     """A deserialised TensorRT engine of the exported chain (built on this GPU with `ddgan export tensorrt`)."""
     from ddgan.export.trt_runtime import TensorRTChain
@@ -100,6 +118,14 @@ def _onnxruntime_unavailable(device: torch.device) -> str | None:
     return None
 
 
+def _openvino_unavailable(device: torch.device) -> str | None:
+    if device.type != "cpu":
+        return "the openvino backend runs on the CPU only"
+    if importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install -e '.[openvino]')"
+    return None
+
+
 def _tensorrt_unavailable(device: torch.device) -> str | None:
     if device.type != "cuda":
         return "TensorRT runs on CUDA devices only"
@@ -118,6 +144,14 @@ EXPORT_BACKENDS = (
         dtypes=("float32", "float16"),
         options=("artifact", "providers", "threads", "tensorrt_provider"),
         unavailable=_onnxruntime_unavailable,
+    ),
+    BackendSpec(
+        "openvino",
+        openvino_chain,
+        "OpenVINO (CPU) over the exported fp32 chain.onnx; float32 pinned to f32, bfloat16 where the CPU has it",
+        dtypes=("float32", "bfloat16"),
+        options=("artifact", "threads"),
+        unavailable=_openvino_unavailable,
     ),
     BackendSpec(
         "tensorrt",

@@ -30,9 +30,17 @@ def register(subparsers: Any) -> None:
     sample.add_argument("-o", "--out", type=Path, required=True, help="output directory")
     sample.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
     sample.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
-    sample.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="network dtype")
+    sample.add_argument(
+        "--dtype",
+        choices=(*DTYPE_NAMES, "auto"),
+        default="float32",
+        help="network dtype; auto: bfloat16 on CUDA GPUs that support it and on CPUs with AMX, else float32",
+    )
     sample.add_argument(
         "--backend", default="torch", help="torch (default), torch-compile, cuda-graphs, onnxruntime, tensorrt ..."
+    )
+    sample.add_argument(
+        "--threads", type=int, default=None, help="CPU threads (default: the CPUs this process may use)"
     )
     sample.add_argument("--steps", type=int, default=None, help="DDPM only: denoising steps (default: the model's)")
     sample.add_argument(

@@ -30,6 +30,10 @@ class DDGANSampler:
     def info(self) -> SamplerInfo:
         return self._info
 
+    def with_micro_batch(self, micro_batch: int | None) -> DDGANSampler:
+        """The same chain (one backend, one loaded network) with every forward pass at `micro_batch` rows."""
+        return DDGANSampler(self.config, self.run_chain, self.info.with_micro_batch(micro_batch))
+
     def noise(self, seeds: Sequence[int]) -> ChainNoise:
         """The chain's inputs for `seeds` (CPU float32): x_T, then z_k and ξ_k per step, per image."""
         return chain_noise(seeds, self.info.image_shape, self.config.generator.nz, self.info.default_steps)

@@ -66,6 +66,10 @@ class DDPMSampler:
     def info(self) -> SamplerInfo:
         return self._info
 
+    def with_micro_batch(self, micro_batch: int | None) -> DDPMSampler:
+        """The same UNet (shared, not copied) with every UNet call padded to `micro_batch` rows."""
+        return DDPMSampler(self.unet, self.scheduler_config, self.info.with_micro_batch(micro_batch))
+
     def scheduler(self, steps: int | None = None) -> DDPMScheduler:
         """A fresh scheduler set to `steps` (a new one per call: `set_timesteps` mutates it)."""
         scheduler = DDPMScheduler.from_config(self.scheduler_config)

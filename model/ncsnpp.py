@@ -62,8 +62,27 @@ def conv2d(in_ch: int, out_ch: int, kernel: int, init_scale: float = 1.0, bias: 
     return conv
 
 
+def rowwise_affine(x: Tensor, weight_t: Tensor, bias: Tensor) -> Tensor:
+    """x (B, M, in) @ weight_t (in, out) + bias, as B independent products of one shape.
+
+    One (B·M, in) GEMM is not batch-invariant: BLAS kernels block the rows, and a row in a remainder block
+    is summed in another order (seen on AMD Zen 5: 2e-7 apart by slot), so an image's bits would depend on its
+    neighbours. A batched product runs every image through the same kernel, whatever B.
+    """
+    return torch.baddbmm(bias, x, weight_t.expand(x.shape[0], -1, -1))
+
+
+class Dense(nn.Linear):
+    """`nn.Linear` (same weights and names) whose rows do not depend on their batch: see `rowwise_affine`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2:
+            return super().forward(x)
+        return rowwise_affine(x.unsqueeze(1), self.weight.t(), self.bias).squeeze(1)
+
+
 def dense(in_features: int, out_features: int, init_scale: float = 1.0) -> nn.Linear:
-    linear = nn.Linear(in_features, out_features)
+    linear = Dense(in_features, out_features)
     _variance_scaling_(linear.weight, init_scale)
     nn.init.zeros_(linear.bias)
     return linear
@@ -227,13 +246,13 @@ class AttnBlock(nn.Module):
         h = self.GroupNorm_0(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         w_qkv = torch.cat([self.NIN_0.W, self.NIN_1.W, self.NIN_2.W], dim=1)
         b_qkv = torch.cat([self.NIN_0.b, self.NIN_1.b, self.NIN_2.b])
-        q, k, v = torch.addmm(b_qkv, h.reshape(-1, c), w_qkv).view(b, height * width, 3 * c).chunk(3, dim=2)
+        q, k, v = rowwise_affine(h, w_qkv, b_qkv).chunk(3, dim=2)
         # One head as a 4-D (B, 1, HW, C) call: the ONNX exporter only translates 4-D SDPA.
         h = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None])[:, 0]
         # A (B, H, W, C) view permuted keeps canonical channels_last strides even at B = 1 (a transpose+reshape
         # view gets a degenerate batch stride there, and the ops after it fall back to NCHW); the out-of-place
         # sum takes x's layout, so an NCHW caller gets NCHW back.
-        h = torch.addmm(self.NIN_3.b, h.reshape(-1, c), self.NIN_3.W).view(b, height, width, c)
+        h = rowwise_affine(h, self.NIN_3.W, self.NIN_3.b).view(b, height, width, c)
         h = x + h.permute(0, 3, 1, 2)
         return h.mul_(1.0 / math.sqrt(2.0)) if self.skip_rescale else h
 

@@ -37,6 +37,7 @@ from ddgan.model.ddpm_io import (
     linear_scheduler_config,
     load_ddpm_directory,
 )
+from ddgan.model.dtypes import AUTO, resolve_dtype
 from ddgan.model.ncsnpp import NCSNpp
 from ddgan.model.sampling import (
     TORCH_DTYPES,
@@ -148,15 +149,16 @@ def open_sampler(
       architecture (a DDGAN preset, or for `kind="ddpm"` a `ddpm_io.UNET_ARCHITECTURES` name whose image shape
       is that of the DDGAN preset named `dataset`, when there is one).
     - `backend` (DDGAN only; the DDPM runs on `torch`), `device` (`auto`, `cpu`, `cuda[:N]`), `dtype`
-      (`float32`, `float16`, `bfloat16`), `micro_batch` (every forward pass runs exactly that many rows),
+      (`float32`, `float16`, `bfloat16`, or `auto`: `ddgan.model.dtypes`, the result in `info.dtype`),
+      `micro_batch` (every forward pass runs exactly that many rows),
       `default_steps` / `max_steps` (DDPM: the steps of a call that names none, and the most it may name),
       `options`: the backend's keyword options.
     Raises `WeightsNotFoundError` when the weights are not on disk, `SamplerError` for anything else.
     """
     if micro_batch is not None and micro_batch < 1:
         raise SamplerError(f"micro_batch must be >= 1, got {micro_batch}")
-    if dtype not in TORCH_DTYPES:
-        raise SamplerError(f"unknown dtype {dtype!r}; choose one of {', '.join(TORCH_DTYPES)}")
+    if dtype != AUTO and dtype not in TORCH_DTYPES:
+        raise SamplerError(f"unknown dtype {dtype!r}; choose one of {', '.join(TORCH_DTYPES)} or auto")
     directory = Path(model_dir) if model_dir is not None else None
     installed = directory is not None and directory.is_dir()
     if directory is not None and not installed and not random_weights:
@@ -172,6 +174,7 @@ def open_sampler(
     resolved = resolve_device(device)
     try:
         if (kind or detected or "ddgan") == "ddpm":
+            dtype = resolve_dtype(dtype, torch.device(resolved), tuple(TORCH_DTYPES))
             if backend not in backends_of("ddpm") or options:
                 raise SamplerError("the DDPM baseline runs on backend 'torch' only, without backend options")
             return _open_ddpm(
@@ -200,6 +203,7 @@ def _open_ddgan(
     spec = _BACKENDS.get(backend)
     if spec is None:
         raise SamplerError(f"unknown backend {backend!r}; registered: {', '.join(sorted(_BACKENDS))} ({EXPORT_HINT})")
+    dtype = resolve_dtype(dtype, torch.device(device), spec.dtypes)
     unknown = sorted(set(options) - set(spec.options))
     if unknown:
         accepted = ", ".join(spec.options) or "none"

@@ -9,7 +9,7 @@ open_sampler`), never changed afterwards. Step counts are validated here and now
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 import torch
@@ -68,6 +68,9 @@ class SamplerInfo:
         if self.micro_batch is not None and self.micro_batch < 1:
             raise SamplerError(f"micro_batch must be >= 1, got {self.micro_batch}")
 
+    def with_micro_batch(self, micro_batch: int | None) -> SamplerInfo:
+        return replace(self, micro_batch=micro_batch)
+
     @property
     def fixed_steps(self) -> bool:
         """True for a sampler that always runs the same number of steps (a DDGAN runs its trained T)."""
@@ -107,4 +110,8 @@ class Sampler(Protocol):
         self, seeds: Sequence[int], steps: int | Sequence[int] | None = None, progress: Progress | None = None
     ) -> Tensor:
         """Images (B, C, H, W) float32 on the CPU in [-1, 1]; image i depends on seeds[i] and its steps alone."""
+        ...
+
+    def with_micro_batch(self, micro_batch: int | None) -> Sampler:
+        """A new sampler on the same loaded network and backend whose forward passes run `micro_batch` rows."""
         ...

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ddgan.model.sampling import SamplingStoppedError
+
 logger = logging.getLogger(__name__)
 
 
@@ -143,6 +145,11 @@ class BatchQueue:
     def queued_units(self) -> int:
         return self._queued_units
 
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs (a health check: it only ends when the queue closes)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def submit(self, payload: Any, size: int, cost: float, deadline: float) -> Ticket:
         """Queue a ticket (call from the event loop); raises QueueFullError or QueueClosedError."""
         loop = asyncio.get_running_loop()
@@ -235,6 +242,12 @@ class BatchQueue:
             results = self.run_batch(slices)
             if len(results) != len(slices):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(slices)} slices")
+        except SamplingStoppedError:
+            # Every ticket in the batch was given up while it ran: nothing to resolve, nothing measured.
+            logger.info("%s: batch of %d units stopped early, every ticket in it was given up", self.name, units)
+            with self._cond:
+                self._running_work = 0.0
+            return
         except Exception as exc:
             logger.exception("%s: batch of %d units failed", self.name, units)
             with self._cond:

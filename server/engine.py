@@ -1,10 +1,11 @@
 """The engine boundary of the server: what the serving layer and the routes need of the models.
 
-`Runtime` (server/runtime.py) is the in-process engine: samplers and batch queues in this process. Another
-engine (replicas on Ray Serve) implements the same two protocols, so routes, validation, encoding, metrics
+`Runtime` (server/runtime.py) is the in-process engine: samplers and batch queues in this process.
+`RayEngine` (server/rayserve/engine.py) sends the same work to replicas on Ray Serve. Both implement the two
+protocols below, so routes, validation, encoding, metrics
 and the error shape are written once. `ModelHandle.generate` raises the batch queue's errors
 (`QueueFullError`, `QueueClosedError`, `DeadlineExceededError`, `BatchFailedError`) or `ClientGoneError`;
-the serving layer turns them into HTTP answers.
+the serving layer turns them into HTTP answers. `progress` (an async job's) hears how its images advance.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from ddgan.model.sampling import SamplerInfo
 from ddgan.server.registry import ModelEntry
+from ddgan.server.work import WorkProgress
 
 
 class ModelState(enum.StrEnum):
@@ -38,12 +40,15 @@ class Generated:
     queue_s: float  # enqueue -> first batch starts
     inference_s: float  # sampler time of the batches holding these images
     batches: int
+    replica: str | None = None  # the replica that ran them (`X-Replica`), where an engine has several
 
 
 class ModelHandle(Protocol):
     entry: ModelEntry
     state: ModelState
     reason: str | None
+    micro_batch_choice: str | None  # how a batch-invariant model's forward size was chosen
+    warmup: dict[int, float]  # batch size -> seconds of one warm-up call
 
     @property
     def info(self) -> SamplerInfo | None: ...
@@ -52,7 +57,12 @@ class ModelHandle(Protocol):
     def queued_units(self) -> int: ...
 
     async def generate(
-        self, seeds: list[int], steps: int, deadline: float, client_gone: Callable[[], Awaitable[Any]]
+        self,
+        seeds: list[int],
+        steps: int,
+        deadline: float,
+        client_gone: Callable[[], Awaitable[Any]],
+        progress: WorkProgress | None = None,
     ) -> Generated: ...
 
 
@@ -68,6 +78,10 @@ class Engine(Protocol):
     def handles(self) -> list[ModelHandle]: ...
 
     def lookup(self, dataset: str, sampler: str) -> ModelHandle | None: ...
+
+    async def metrics_page(self) -> bytes:
+        """The Prometheus text of every process serving requests (the in-process engine: this one)."""
+        ...
 
     async def start(self) -> None: ...
 

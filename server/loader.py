@@ -49,6 +49,9 @@ def load_entry(
 ) -> Sampler:
     """The sampler of one registry entry; `device`/`backend` override the entry's (settings `DDGAN_DEVICE`, ...).
 
+    A batch-invariant entry without `micro_batch` comes back without one: warm-up measures it
+    (`server.warmup.warm_up`) and serves `sampler.with_micro_batch(chosen)`.
+
     The backend override applies to the kinds that have a choice of backends (the DDPM runs on torch only); an
     unknown name is the factory's error, not silently ignored.
     """
@@ -64,9 +67,8 @@ def load_entry(
             backend=backend,
             device=device or entry.device,
             dtype=entry.dtype,
-            # Kernels choose algorithms by batch shape: one fixed forward size makes a seed's image independent
-            # of what it was batched with.
-            micro_batch=entry.max_batch_images if entry.batch_invariant else None,
+            # The registry's fixed forward size, if any; else warm-up measures one (server/warmup.py).
+            micro_batch=entry.micro_batch,
             random_weights=random_weights,
             default_steps=entry.default_steps,
             max_steps=entry.max_steps,

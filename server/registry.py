@@ -8,11 +8,13 @@ path = "mnist"             # model directory, relative to this file
 backend = "torch"          # ddgan: torch, cuda-graphs, torch-compile, onnxruntime, tensorrt
 backend_options = {}       # the backend's options, e.g. { compile_mode = "max-autotune" } for torch-compile
 device = "auto"            # auto (cuda if present), cpu, cuda, cuda:1 ...
-dtype = "float32"
+dtype = "float32"          # float16, bfloat16, auto (bf16 on bf16 GPUs and AMX CPUs, else float32)
 max_batch_images = 16      # images per batch
 max_wait_ms = 5            # how long a batch may wait to fill up
 max_queue_images = 256     # images waiting beyond this answer 503
-batch_invariant = true     # pad every forward pass to max_batch_images: bit-identical images in any batch
+batch_invariant = true     # fixed-size forward passes (only the last is padded): bit-identical images in any batch
+micro_batch = 4            # batch_invariant: that fixed size (default: measured at warm-up, see server/warmup.py)
+scaling = { min_replicas = 1, max_replicas = 4 }   # `ddgan serve --engine ray` only (ReplicaScaling)
 ```
 """
 
@@ -29,6 +31,40 @@ SamplerKind = Literal["ddgan", "ddpm"]
 
 class RegistryError(ValueError):
     """The registry file is missing, is not TOML, or a field is invalid (the message names it)."""
+
+
+class ReplicaScaling(BaseModel):
+    """How the Ray engine runs a model: its replicas, their resources and autoscaling (the native server ignores it).
+
+    Ray Serve scales between `min_replicas` and `max_replicas` to keep about `target_ongoing_requests` requests
+    on each replica; a replica takes up to `max_ongoing_requests` at once (its batch queue coalesces them), and
+    up to `max_queued_requests` more wait for a free replica before the ingress answers 503 + Retry-After.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_replicas: int = Field(default=1, ge=1, le=1024, description="replicas kept warm even when idle")
+    max_replicas: int = Field(default=1, ge=1, le=1024)
+    initial_replicas: int | None = Field(default=None, ge=1, le=1024, description="default: min_replicas")
+    target_ongoing_requests: float = Field(default=2.0, gt=0, description="requests per replica Serve aims for")
+    max_ongoing_requests: int = Field(default=8, ge=1, le=10_000, description="requests one replica takes at once")
+    max_queued_requests: int = Field(default=64, ge=0, le=1_000_000, description="waiting for a replica: then 503")
+    upscale_delay_s: float = Field(default=30.0, ge=0, description="load above target this long adds replicas")
+    downscale_delay_s: float = Field(default=600.0, ge=0, description="load below target this long removes them")
+    look_back_period_s: float = Field(default=30.0, gt=0, description="window the ongoing requests are averaged over")
+    num_cpus: float = Field(default=1.0, gt=0, le=512, description="CPUs per replica, also its torch threads")
+    num_gpus: float | None = Field(
+        default=None, ge=0, le=16, description="GPUs per replica; default 1 on cuda devices (auto: if the cluster has)"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ReplicaScaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(f"initial_replicas ({initial}) is outside min_replicas..max_replicas")
+        return self
 
 
 class ModelEntry(BaseModel):
@@ -49,7 +85,9 @@ class ModelEntry(BaseModel):
         default_factory=dict, description="the backend's options, e.g. compile_mode for torch-compile"
     )
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: Literal["float32", "float16", "bfloat16", "auto"] = Field(
+        default="float32", description="auto: bfloat16 on bf16 GPUs and AMX CPUs, else float32 (model/dtypes.py)"
+    )
     max_batch_images: int = Field(default=16, ge=1, le=1024)
     max_wait_ms: float = Field(default=5.0, ge=0, le=10_000)
     max_queue_images: int = Field(default=256, ge=1, le=1_000_000)
@@ -59,11 +97,23 @@ class ModelEntry(BaseModel):
     max_steps: int = Field(default=1000, ge=1, le=1000, description="largest DDPM `steps` a request may ask for")
     batch_invariant: bool = Field(
         default=True,
-        description="run every forward pass at exactly max_batch_images rows (padding partial batches), so an "
+        description="run a batch as forward passes of exactly `micro_batch` rows (padding only the last), so an "
         "image is bit-identical alone or in any batch; CPU/GPU kernels pick algorithms by batch shape otherwise",
     )
-    warmup_batch_sizes: tuple[int, ...] | None = Field(default=None, description="default: 1 and max_batch_images")
+    micro_batch: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="batch_invariant: the rows of every forward pass; default: measured at warm-up (the smallest "
+        "of warmup_batch_sizes within 10% of the best images/s), max_batch_images when warm-up is off",
+    )
+    warmup_batch_sizes: tuple[int, ...] | None = Field(
+        default=None,
+        description="the batch sizes warm-up runs (the micro-batch candidates when it measures one); default: "
+        "1, 2, 4 ... and max_batch_images when measuring, the micro_batch when given, else 1 and max_batch_images",
+    )
     install: str | None = Field(default=None, description="command that installs the weights (shown in the 404)")
+    scaling: ReplicaScaling = Field(default_factory=ReplicaScaling, description="the Ray engine's replicas")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelEntry:
@@ -75,6 +125,10 @@ class ModelEntry(BaseModel):
             raise ValueError(f"default_steps ({self.default_steps}) exceeds max_steps ({self.max_steps})")
         if self.max_queue_images < self.max_batch_images:
             raise ValueError("max_queue_images must be >= max_batch_images")
+        if self.micro_batch is not None and not self.batch_invariant:
+            raise ValueError("micro_batch applies to batch_invariant = true only")
+        if self.micro_batch is not None and self.micro_batch > self.max_batch_images:
+            raise ValueError(f"micro_batch ({self.micro_batch}) exceeds max_batch_images ({self.max_batch_images})")
         for size in self.warmup_batch_sizes or ():
             if not 1 <= size <= self.max_batch_images:
                 raise ValueError(f"warmup_batch_sizes: {size} is outside 1..max_batch_images")
@@ -89,11 +143,21 @@ class ModelEntry(BaseModel):
         return f"{self.dataset}/{self.sampler}"
 
     @property
+    def measures_micro_batch(self) -> bool:
+        """Batch-invariant without a registry `micro_batch`: warm-up measures which fixed size to run."""
+        return self.batch_invariant and self.micro_batch is None
+
+    @property
     def batch_sizes(self) -> tuple[int, ...]:
-        """The batch sizes warm-up runs: the one fixed size when batch-invariant, else one image and a full batch."""
+        """The batch sizes warm-up runs (when it measures the micro-batch: the candidates, ascending)."""
         if self.warmup_batch_sizes:
             return tuple(sorted(set(self.warmup_batch_sizes)))
-        return (self.max_batch_images,) if self.batch_invariant else tuple(sorted({1, self.max_batch_images}))
+        if self.micro_batch is not None:
+            return (self.micro_batch,)
+        if self.measures_micro_batch:
+            powers = [2**k for k in range(self.max_batch_images.bit_length()) if 2**k < self.max_batch_images]
+            return (*powers, self.max_batch_images)
+        return tuple(sorted({1, self.max_batch_images}))
 
     def install_hint(self) -> str:
         if self.install:

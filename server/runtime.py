@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from ddgan.model.sampler import Sampler, SamplerInfo
+from ddgan.model.threads import set_threads
 from ddgan.server.batching import BatchQueue, DeadlineExceededError
 from ddgan.server.engine import ClientGoneError, Generated, ModelHandle, ModelState
 from ddgan.server.loader import (
@@ -31,12 +31,12 @@ from ddgan.server.loader import (
 from ddgan.server.metrics import ServerMetrics
 from ddgan.server.registry import ModelEntry, Registry
 from ddgan.server.settings import ServerSettings
-from ddgan.server.work import ImageWork, run_image_batch
+from ddgan.server.warmup import warm_up, without_warm_up
+from ddgan.server.work import ImageWork, WorkProgress, run_image_batch
 
 logger = logging.getLogger(__name__)
 
 LoadModel = Callable[..., Sampler]
-WARMUP_STEPS = 2  # enough to compile/allocate every kernel a many-step loop uses
 
 
 @dataclass(eq=False)
@@ -49,6 +49,7 @@ class ServedModel:
     sampler: Sampler | None = None
     queue: BatchQueue | None = None
     warmup: dict[int, float] = field(default_factory=dict)  # batch size -> seconds
+    micro_batch_choice: str | None = None  # how the fixed forward size was chosen (None: not batch-invariant)
 
     @property
     def info(self) -> SamplerInfo | None:
@@ -59,11 +60,16 @@ class ServedModel:
         return self.queue.queued_units if self.queue else 0
 
     async def generate(
-        self, seeds: list[int], steps: int, deadline: float, client_gone: Callable[[], Awaitable[Any]]
+        self,
+        seeds: list[int],
+        steps: int,
+        deadline: float,
+        client_gone: Callable[[], Awaitable[Any]],
+        progress: WorkProgress | None = None,
     ) -> Generated:
         """Queue the images, wait for them (deadline, disconnect), cancel what is left when giving up."""
         assert self.queue is not None
-        ticket = self.queue.submit(ImageWork(seeds, steps), len(seeds), steps, deadline)
+        ticket = self.queue.submit(ImageWork(seeds, steps, progress), len(seeds), steps, deadline)
         watcher: asyncio.Future[Any] = asyncio.ensure_future(client_gone())
         try:
             done, _ = await asyncio.wait(
@@ -106,8 +112,8 @@ class Runtime:
 
     # ----- lifecycle -----
     async def start(self) -> None:
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        threads = set_threads(self.settings.torch_threads)
+        logger.info("torch intra-op threads: %d (%s)", threads, "setting" if self.settings.torch_threads else "default")
         self._accepting = True
         # Missing weights are known at once (404 with the install command), not after the others have loaded.
         if not self.settings.random_weights:
@@ -148,12 +154,47 @@ class Runtime:
     def handles(self) -> list[ModelHandle]:
         return list(self.models.values())
 
+    async def metrics_page(self) -> bytes:
+        return self.metrics.render()
+
     def lookup(self, dataset: str, sampler: str) -> ModelHandle | None:
         return self.models.get((dataset, sampler))
 
+    # ----- hot reload (server/reload.py decides what changes; these carry it out) -----
+    def load_detached(self, entry: ModelEntry) -> ServedModel:
+        """Load and warm a model without serving it yet (blocking: run it on a thread); its state says how it went."""
+        served = ServedModel(entry)
+        if self._stopping:
+            served.state, served.reason = ModelState.FAILED, "server shut down before the model loaded"
+        elif not self.settings.random_weights and not weights_present(entry):
+            served.state, served.reason = ModelState.NOT_INSTALLED, not_installed_reason(entry)
+        else:
+            self._load_one(served)
+        return served
+
+    def install(self, served: ServedModel) -> ServedModel | None:
+        """Serve `served` from now on (event loop); returns the model it replaces, for `retire`."""
+        previous = self.models.get(served.entry.key)
+        self.models[served.entry.key] = served
+        return previous
+
+    def withdraw(self, key: tuple[str, str]) -> ServedModel | None:
+        """Stop serving a model (event loop): new requests no longer find it; `retire` it next."""
+        served = self.models.pop(key, None)
+        if served is not None:
+            self.metrics.forget_model_info(*key)
+        return served
+
+    def retire(self, served: ServedModel) -> None:
+        """Blocking: let a model no longer served finish its queued work, then release it."""
+        if served.queue is not None:
+            # No ticket outlives its deadline: waiting that long lets every request in flight complete.
+            served.queue.close(max(self.settings.request_timeout_s, self.settings.jobs_timeout_s))
+        served.sampler = None  # the last reference: weights and device memory go with it
+
     # ----- loading (background thread) -----
     def _load_all(self) -> None:
-        for served in self.models.values():
+        for served in list(self.models.values()):  # a hot reload may change the map meanwhile
             if served.state is ModelState.NOT_INSTALLED:
                 continue
             if self._stopping:
@@ -179,7 +220,15 @@ class Runtime:
             served.state, served.reason = ModelState.FAILED, f"{type(exc).__name__}: {exc}"
             logger.exception("%s: loading failed", entry.name)
             return
-        served.sampler = sampler
+        served.state, served.reason = ModelState.WARMING, "warming up"
+        try:
+            warmed = warm_up(entry, sampler) if settings.warmup else without_warm_up(entry, sampler)
+        except Exception as exc:
+            served.state, served.reason = ModelState.FAILED, f"warm-up failed: {type(exc).__name__}: {exc}"
+            logger.exception("%s: warm-up failed", entry.name)
+            return
+        sampler = warmed.sampler
+        served.sampler, served.warmup, served.micro_batch_choice = sampler, warmed.seconds, warmed.micro_batch_choice
         queue = BatchQueue(
             entry.name,
             functools.partial(run_image_batch, sampler),
@@ -188,37 +237,23 @@ class Runtime:
             max_queue_units=entry.max_queue_images,
             observer=self.metrics.queue_observer(entry.dataset, entry.sampler),
         )
-        served.state, served.reason = ModelState.WARMING, "warming up"
-        try:
-            if settings.warmup:
-                self._warm_up(served, sampler, queue)
-        except Exception as exc:
-            served.state, served.reason = ModelState.FAILED, f"warm-up failed: {type(exc).__name__}: {exc}"
-            logger.exception("%s: warm-up failed", entry.name)
-            return
+        if warmed.throughput_sample is not None:
+            queue.record_throughput(*warmed.throughput_sample)
         served.queue = queue
         queue.start()
         info = sampler.info
-        self.metrics.set_model_info(entry.dataset, entry.sampler, info.backend, info.device, info.random_weights)
+        self.metrics.set_model_info(
+            entry.dataset, entry.sampler, info.backend, info.device, info.dtype, info.random_weights
+        )
         served.state, served.reason = ModelState.READY, None
         logger.info(
-            "%s ready: backend=%s device=%s dtype=%s weights=%s warm-up %s",
+            "%s ready: backend=%s device=%s dtype=%s weights=%s micro_batch=%s (%s) warm-up %s",
             entry.name,
             info.backend,
             info.device,
             info.dtype,
             "random" if info.random_weights else "real",
-            {size: f"{seconds * 1000:.0f} ms" for size, seconds in served.warmup.items()},
+            info.micro_batch,
+            served.micro_batch_choice or "batch_invariant = false",
+            {size: f"{seconds * 1000 / size:.1f} ms/image" for size, seconds in served.warmup.items()},
         )
-
-    def _warm_up(self, served: ServedModel, sampler: Sampler, queue: BatchQueue) -> None:
-        """Run each batch size once (first-call allocation, autotuning) and seed the throughput estimate."""
-        info = sampler.info
-        steps = max(info.min_steps, min(WARMUP_STEPS, info.default_steps))
-        sizes = served.entry.batch_sizes
-        sampler.sample([0], steps=steps)  # the cold call: lazy initialisation, allocator growth
-        for size in sizes:
-            started = time.monotonic()
-            sampler.sample(list(range(size)), steps=steps)
-            served.warmup[size] = time.monotonic() - started
-        queue.record_throughput(sizes[-1] * steps, served.warmup[sizes[-1]])

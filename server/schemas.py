@@ -46,7 +46,9 @@ class GenerateResponse(BaseModel):
     channels: int
     backend: str
     device: str
+    dtype: str = Field(description="the dtype the network computed in (a registry `auto` resolved)")
     random_weights: bool = Field(description="true: untrained weights, for latency work only")
+    cached: int = Field(description="images answered from the PNG cache (no sampler time)")
     images: list[str] = Field(description="base64-encoded PNGs, one per seed")
     latency_ms: LatencyMs
 
@@ -67,6 +69,11 @@ class ModelInfo(BaseModel):
     dtype: str
     weights: Literal["real", "random"] | None
     max_batch_images: int
+    micro_batch: int | None = Field(
+        description="rows of every forward pass (batch-invariant models; null: each batch runs whole)"
+    )
+    micro_batch_choice: str | None = Field(description="how micro_batch was chosen: measured at warm-up, registry")
+    warmup_ms_per_image: dict[str, float] | None = Field(description="warm-up: batch size -> ms per image")
     max_wait_ms: float
     max_queue_images: int
     queued_images: int

@@ -36,7 +36,7 @@ def positive_int(text: str) -> int:
 
 def add_common_flags(parser: argparse.ArgumentParser, threads_default: int | None = None) -> None:
     """`--threads` and `--no-progress`, the flags every training and evaluation command has."""
-    default = "torch's default" if threads_default is None else threads_default
+    default = "default: the CPUs this process may use" if threads_default is None else threads_default
     parser.add_argument(
         "--threads", type=positive_int, default=threads_default, help=f"CPU threads (torch.set_num_threads; {default})"
     )
@@ -51,7 +51,14 @@ def add_run_flags(parser: argparse.ArgumentParser, what: str, length: str) -> ar
     parser.add_argument("--data", help="training data: .npz, image folder, CIFAR-10 batches or NVAE LMDB")
     parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, samples, logs, model/)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint (--data optional)"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest checkpoint that loads (--data optional)",
+    )
+    parser.add_argument(
+        "--resume-from",
+        metavar="STEP|PATH",
+        help="continue from a checkpoint: a step of the run (e.g. 1200) or a checkpoint directory (implies --resume)",
     )
     parser.add_argument("--export", type=Path, metavar="DIR", help=f"where the EMA {what} goes (default OUT/model)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -69,13 +76,18 @@ def add_run_flags(parser: argparse.ArgumentParser, what: str, length: str) -> ar
     return parser.add_argument_group("recipe overrides (default: the preset's recipe; fixed once a run exists)")
 
 
+def resuming(args: argparse.Namespace) -> bool:
+    """Whether the command continues a run (`--resume`, or `--resume-from`, which implies it)."""
+    return bool(args.resume or getattr(args, "resume_from", None))
+
+
 def loop_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The LoopConfig fields given on the command line."""
     return {field: getattr(args, dest) for dest, field in LOOP_FLAGS.items() if getattr(args, dest) is not None}
 
 
 def set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
+    """`threads`, or the CPUs this process may use (affinity mask, cgroup quota; OMP_NUM_THREADS wins)."""
+    from ddgan.model.threads import set_threads as set_torch_threads
 
-        torch.set_num_threads(threads)
+    set_torch_threads(threads or None)

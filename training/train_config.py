@@ -35,7 +35,7 @@ class LoopConfig(DictConfig):
     sample_seed: int = 0
     log_every: int = 50  # steps; TensorBoard scalars and the progress bar's numbers
     num_workers: int = 0  # DataLoader workers for on-disk datasets
-    num_threads: int = 0  # CPU: torch.set_num_threads (0: torch's default)
+    num_threads: int = 0  # CPU: torch.set_num_threads (0: ddgan.model.threads.default_threads())
 
     RESUMABLE: ClassVar[frozenset[str]] = frozenset()  # fields beyond the loop's a resumed run may change
 
@@ -107,7 +107,7 @@ class TrainConfig(LoopConfig):
     lambda_afd: float = 1.0  # SIDDM only
     denoise_weight: float = 1.0  # SIDDM only: the discriminator's denoising regulariser
     seed: int = 1024
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (bf16: autocast on either)
 
     RESUMABLE: ClassVar[frozenset[str]] = frozenset({"num_epochs"})
 

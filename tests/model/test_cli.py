@@ -50,7 +50,9 @@ def test_sample_writes_one_png_per_seed_and_a_grid(tmp_path: Path, tiny_model_di
 def test_micro_batch_gives_the_same_png_bytes_for_a_seed(tmp_path: Path, tiny_model_dir: Path) -> None:
     for name, n, seed in (("a", 3, 4), ("b", 1, 5)):
         args = ["sample", "--model", str(tiny_model_dir), "-n", str(n), "--seed", str(seed), "-o", str(tmp_path / name)]
-        assert ddgan.cli.main([*args, "--micro-batch", "2"]) == 0
+        assert ddgan.cli.main([*args, "--micro-batch", "2", "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
     assert (tmp_path / "a" / "5.png").read_bytes() == (tmp_path / "b" / "5.png").read_bytes()
 
 

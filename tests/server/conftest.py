@@ -129,6 +129,11 @@ class WrappedSampler:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
+    def with_micro_batch(self, micro_batch: int | None) -> WrappedSampler:
+        wrapped = WrappedSampler(self.inner.with_micro_batch(micro_batch), self.poison_seed, self.gate)
+        wrapped.calls = self.calls  # one record of the calls, whichever sampler serves
+        return wrapped
+
     def sample(self, seeds: list[int], **kwargs: Any) -> Any:
         self.calls.append(list(seeds))
         if self.gate is not None and seeds[0] >= GATED_SEEDS:

@@ -24,7 +24,11 @@ def test_defaults_and_relative_paths(tmp_path):
     (entry,) = registry.models
     assert entry.path == (tmp_path / "mnist").resolve()
     assert (entry.sampler, entry.backend, entry.device, entry.dtype) == ("ddgan", "torch", "auto", "float32")
-    assert entry.batch_invariant and entry.batch_sizes == (16,)  # one fixed forward size: nothing else to warm
+    # Batch-invariant without a micro_batch: warm-up measures the candidate forward sizes and picks one.
+    assert entry.batch_invariant and entry.micro_batch is None and entry.measures_micro_batch
+    assert entry.batch_sizes == (1, 2, 4, 8, 16)
+    assert entry.model_copy(update={"max_batch_images": 24}).batch_sizes == (1, 2, 4, 8, 16, 24)
+    assert entry.model_copy(update={"micro_batch": 4}).batch_sizes == (4,)  # the one forward size: nothing else
     assert entry.model_copy(update={"batch_invariant": False}).batch_sizes == (1, 16)
     assert registry.get("mnist", "ddgan") is entry and registry.get("mnist", "ddpm") is None
 
@@ -35,6 +39,8 @@ def test_defaults_and_relative_paths(tmp_path):
         ("max_batch_images = 0", "models.0.max_batch_images"),
         ('max_batch_images = "many"', "models.0.max_batch_images"),
         ('dtype = "float64"', "models.0.dtype"),
+        ("micro_batch = 17", "micro_batch (17) exceeds max_batch_images (16)"),
+        ("micro_batch = 4\nbatch_invariant = false", "micro_batch applies to batch_invariant = true only"),
         ('device = "gpu"', "models.0.device"),
         ('sampler = "gan"', "models.0.sampler"),
         ("colour = 1", "models.0.colour"),

@@ -236,3 +236,17 @@ def test_bf16_autocast_steps_on_cuda(tmp_path: Path, objective: str) -> None:
         stats = trainer.train_step(next(batches).cuda())
     assert all(math.isfinite(float(v)) for v in stats.values())
     assert all(p.dtype == torch.float32 for p in trainer.generator.parameters())  # autocast keeps fp32 master weights
+
+
+def test_explicit_bf16_autocasts_on_the_cpu_and_auto_stays_fp32(tmp_path: Path) -> None:
+    from ddgan.training.distributed import DistContext
+
+    ctx = DistContext(device=torch.device("cpu"))
+    assert not Trainer(tiny_config(), tiny_dataset(), tmp_path / "auto", ctx).use_bf16  # auto on the CPU: fp32
+    trainer = Trainer(tiny_config(precision="bf16"), tiny_dataset(), tmp_path / "bf16", ctx)
+    assert trainer.use_bf16
+    batches = trainer.stream.batches(0)
+    for _ in range(2):
+        stats = trainer.train_step(next(batches))
+    assert all(math.isfinite(float(v)) for v in stats.values())
+    assert all(p.dtype == torch.float32 for p in trainer.generator.parameters())  # fp32 master weights

@@ -1,0 +1,85 @@
+"""Warm-up: each batch size once before a model serves, and the choice of a batch-invariant model's micro-batch.
+
+A batch-invariant model runs every forward pass at one fixed size (only the last pass of a batch is padded),
+so an image is bit-identical alone or in any batch. Padding to `max_batch_images` made a one-image request pay
+for a full batch; the smallest size that keeps (almost) the best per-image throughput costs a small request
+little and a full batch nothing. Warm-up times the candidate sizes on the unpadded sampler and picks the
+smallest whose images/s is within `MICRO_BATCH_TOLERANCE` of the best. The choice is a measurement: two
+processes may pick different sizes, and images agree bit for bit only at one size, so the size is reported
+(/v1/models, the log) and a registry `micro_batch = N` pins it across replicas.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ddgan.model.sampler import Sampler
+from ddgan.server.registry import ModelEntry
+
+MICRO_BATCH_TOLERANCE = 0.10  # "as fast per image" = within 10% of the best measured images/s
+# A candidate runs until it has taken this long (at most MAX_RUNS calls; its fastest call counts): one short
+# call on a shared machine is mostly noise, one long call is not.
+MIN_TIMED_S = 0.25
+MAX_RUNS = 3
+WARMUP_STEPS = 2  # enough to compile/allocate every kernel a many-step loop uses
+
+
+@dataclass(frozen=True)
+class WarmedUp:
+    sampler: Sampler  # what serves: with its micro-batch when the entry is batch-invariant
+    seconds: dict[int, float]  # batch size -> seconds of its fastest call
+    micro_batch_choice: str | None  # how the micro-batch was chosen (None: not batch-invariant)
+    steps: int = 0  # denoising steps of each timed call
+
+    @property
+    def throughput_sample(self) -> tuple[float, float] | None:
+        """(work = images x steps, seconds) of the call that best predicts serving speed: the micro-batch's,
+        else the largest batch's; None when nothing was timed."""
+        if not self.seconds:
+            return None
+        size = self.sampler.info.micro_batch if self.sampler.info.micro_batch in self.seconds else max(self.seconds)
+        return size * self.steps, self.seconds[size]
+
+
+def pick_micro_batch(seconds: Mapping[int, float], tolerance: float = MICRO_BATCH_TOLERANCE) -> int:
+    """The smallest batch size whose images/s is at least (1 - tolerance) x the best measured images/s."""
+    if not seconds:
+        raise ValueError("no batch size was measured")
+    rates = {size: size / max(elapsed, 1e-9) for size, elapsed in seconds.items()}
+    best = max(rates.values())
+    return min(size for size, rate in rates.items() if rate >= (1 - tolerance) * best)
+
+
+def time_batch(sampler: Sampler, size: int, steps: int) -> float:
+    """Seconds of the fastest of up to MAX_RUNS calls at `size` images (fewer once MIN_TIMED_S is spent)."""
+    fastest, spent = float("inf"), 0.0
+    for _ in range(MAX_RUNS):
+        started = time.perf_counter()
+        sampler.sample(list(range(size)), steps=steps)
+        elapsed = time.perf_counter() - started
+        fastest, spent = min(fastest, elapsed), spent + elapsed
+        if spent >= MIN_TIMED_S:
+            break
+    return fastest
+
+
+def warm_up(entry: ModelEntry, sampler: Sampler) -> WarmedUp:
+    """Run the entry's batch sizes (first-call allocation, autotuning); measure the micro-batch when asked to."""
+    info = sampler.info
+    steps = max(info.min_steps, min(WARMUP_STEPS, info.default_steps))
+    sampler.sample([0], steps=steps)  # the cold call: lazy initialisation, allocator growth
+    seconds = {size: time_batch(sampler, size, steps) for size in entry.batch_sizes}
+    if entry.measures_micro_batch and info.micro_batch is None:
+        chosen = pick_micro_batch(seconds)
+        choice = f"measured: the smallest of {list(seconds)} within {MICRO_BATCH_TOLERANCE:.0%} of the best images/s"
+        return WarmedUp(sampler.with_micro_batch(chosen), seconds, choice, steps)
+    return WarmedUp(sampler, seconds, "registry" if info.micro_batch is not None else None, steps)
+
+
+def without_warm_up(entry: ModelEntry, sampler: Sampler) -> WarmedUp:
+    """Warm-up is off: nothing measured, so a batch-invariant model without a registry size pads to the full batch."""
+    if entry.measures_micro_batch and sampler.info.micro_batch is None:
+        return WarmedUp(sampler.with_micro_batch(entry.max_batch_images), {}, "max_batch_images (warm-up off)")
+    return WarmedUp(sampler, {}, "registry" if sampler.info.micro_batch is not None else None)

@@ -1,0 +1,78 @@
+"""Warm-up chooses a batch-invariant model's micro-batch by measurement; /v1/models reports it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddgan.model.dtypes import preferred_dtype
+from ddgan.server import warmup
+from ddgan.server.loader import load_entry
+from ddgan.server.registry import load_registry
+from ddgan.server.warmup import pick_micro_batch, warm_up, without_warm_up
+from tests.server.conftest import make_app, write_registry
+
+
+def test_pick_micro_batch_is_the_smallest_size_within_ten_percent_of_the_best_rate() -> None:
+    # images/s: 1 -> 10, 2 -> 16.7, 4 -> 19.0, 8 -> 20.0: 4 is within 10% of the best (18.0), 2 is not.
+    assert pick_micro_batch({1: 0.1, 2: 0.12, 4: 0.21, 8: 0.4}) == 4
+    assert pick_micro_batch({1: 0.1, 2: 0.2, 4: 0.4}) == 1  # per-image time flat: one image per pass
+    assert pick_micro_batch({1: 1.0, 2: 1.0, 4: 1.0}) == 4  # fixed cost per pass: the largest size
+    with pytest.raises(ValueError):
+        pick_micro_batch({})
+
+
+def test_warm_up_serves_the_measured_size_and_images_stay_bit_identical(tiny_models: Path, monkeypatch) -> None:
+    entry = load_registry(write_registry(tiny_models)).get("mnist", "ddgan")
+    assert entry is not None and entry.batch_sizes == (1, 2, 4, 8)
+    sampler = load_entry(entry)
+    assert sampler.info.micro_batch is None
+    costs = {1: 0.1, 2: 0.12, 4: 0.21, 8: 0.4}
+    timed: list[int] = []
+
+    def fake_time(_sampler, size: int, steps: int) -> float:
+        timed.append(size)
+        return costs[size]
+
+    monkeypatch.setattr(warmup, "time_batch", fake_time)
+    warmed = warm_up(entry, sampler)
+    assert timed == [1, 2, 4, 8] and warmed.seconds == costs
+    assert warmed.sampler.info.micro_batch == 4 and warmed.micro_batch_choice.startswith("measured")
+    assert warmed.throughput_sample == (4 * sampler.info.default_steps, 0.21)
+    served = warmed.sampler
+    batch = served.sample([30, 31, 32, 33, 34, 35])  # a full micro-batch, then a padded one
+    assert torch.equal(served.sample([35]), batch[5:6])
+    assert torch.equal(served.sample([31, 77]), torch.stack([batch[1], served.sample([77])[0]]))
+
+    off = without_warm_up(entry, sampler)
+    assert off.sampler.info.micro_batch == entry.max_batch_images and off.throughput_sample is None
+    pinned = entry.model_copy(update={"micro_batch": 2})
+    assert without_warm_up(pinned, load_entry(pinned)).micro_batch_choice == "registry"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_models_endpoint_reports_the_micro_batch_and_the_resolved_dtype(tiny_models: Path, started) -> None:
+    registry = write_registry(tiny_models, ddgan={"dtype": "auto"}, ddpm={"micro_batch": 2})
+    client = await started(make_app(registry))
+    models = {m["sampler"]: m for m in (await client.get("/v1/models")).json()["models"] if m["dataset"] == "mnist"}
+    ddgan, ddpm = models["ddgan"], models["ddpm"]
+    assert ddgan["micro_batch"] in (1, 2, 4, 8) and ddgan["micro_batch_choice"].startswith("measured")
+    assert set(ddgan["warmup_ms_per_image"]) == {"1", "2", "4", "8"}
+    assert (ddpm["micro_batch"], ddpm["micro_batch_choice"], list(ddpm["warmup_ms_per_image"])) == (
+        2,
+        "registry",
+        ["2"],
+    )
+    # One seed, the same PNG bytes alone and inside a larger request (which spans several micro-batches).
+    alone = (await client.post("/generate", json={"dataset": "mnist", "n": 1, "seed": 41})).json()
+    many = (await client.post("/generate", json={"dataset": "mnist", "n": 7, "seed": 37})).json()
+    assert many["seeds"][4] == 41 and many["images"][4] == alone["images"][0]
+    # dtype = "auto" is resolved once, and every report of it says what the network computes in.
+    resolved = preferred_dtype(torch.device("cpu"))
+    assert ddgan["dtype"] == alone["dtype"] == resolved and ddpm["dtype"] == "float32"
+    response = await client.post("/generate", json={"dataset": "mnist", "n": 1, "seed": 1})
+    assert response.headers["X-Dtype"] == resolved
+    metrics = (await client.get("/metrics")).text
+    assert f'ddgan_model_info{{backend="torch",device="cpu",dtype="{resolved}",model="mnist",sampler="ddgan"' in metrics
