@@ -1,4 +1,4 @@
-"""`ddgan bench {sampler,serve,serve-ray,backends,train-step,quality,gpu}`: each benchmark lives in its own module with `add_parser(sub)`."""
+"""`ddgan bench BENCHMARK`: each benchmark lives in its own module with `add_parser(sub)` (names in BENCHMARKS)."""
 
 from __future__ import annotations
 
