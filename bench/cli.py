@@ -1,4 +1,4 @@
-"""`ddgan bench {sampler,serve,backends}`: each benchmark lives in its own module with `add_parser(sub)`."""
+"""`ddgan bench BENCHMARK`: each benchmark lives in its own module with `add_parser(sub)` (names in BENCHMARKS)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ BENCHMARKS = {
     "serve-ray": "ddgan.bench.serve_ray",
     "backends": "ddgan.bench.backends",
     "train-step": "ddgan.bench.train_step",
+    "quality": "ddgan.bench.quality",
     "gpu": "ddgan.bench.gpu.validate",
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks: sampler, serve, serve-ray, backends, train-step, gpu")
+    parser = subparsers.add_parser(
+        "bench", help="benchmarks: sampler, serve, serve-ray, backends, train-step, quality, gpu"
+    )
     bench_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     for module in BENCHMARKS.values():  # a benchmark imports its optional extras when it runs, not here
         importlib.import_module(module).add_parser(bench_sub)

@@ -3,6 +3,9 @@
 Written from the published architecture (Szegedy et al. 2016) and the FID port's documented deviations from the
 torchvision network: 1008 logits, average pools that exclude padding in the A/C/E blocks, and a max pool in the
 last E block's pool branch. Module names follow torchvision's `Inception3` so the port's state_dict loads as is.
+The input side follows the TF graph, not pytorch-fid's approximation of it: TF 1.x bilinear resizing (no
+half-pixel centres) of the 0..255 pixels, then (p − 128) / 128. `tests/training/test_inception_parity.py` holds
+the network equal (1e-4) to torch-fidelity's TF-exact port on the same weights and images.
 Nothing is downloaded: users pass the weights file (`--inception-weights`).
 """
 
@@ -151,7 +154,8 @@ class InceptionE(nn.Module):
 class FIDInceptionV3(nn.Module):
     """(B, 3, H, W) images in [-1, 1] -> (pool3 features (B, 2048), logits (B, 1008)).
 
-    Inputs are resized to 299×299 bilinearly (no antialiasing), as the FID port does; 1-channel images are
+    Images are x / 127.5 − 1 of uint8 pixels (`model.images.uint8_to_float`); as in the TF graph they are resized
+    to 299×299 as 0..255 pixels (`tf_resize_bilinear`) and scaled by (p − 128) / 128. 1-channel images are
     repeated to RGB.
     """
 
@@ -179,8 +183,8 @@ class FIDInceptionV3(nn.Module):
         if images.dim() != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected (B, 1 or 3, H, W) images, got {tuple(images.shape)}")
         x = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-        if x.shape[2:] != (INPUT_SIZE, INPUT_SIZE):
-            x = F.interpolate(x, size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", align_corners=False)
+        pixels = tf_resize_bilinear((x + 1.0) * 127.5, (INPUT_SIZE, INPUT_SIZE))
+        x = (pixels - 128.0) / 128.0
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, 3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
@@ -191,6 +195,32 @@ class FIDInceptionV3(nn.Module):
             x = block(x)
         features = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return features, self.fc(features)
+
+
+def tf_resize_bilinear(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """TF 1.x `resize_bilinear` (align_corners=False, no half-pixel centres), the resize of the TF-FID graph.
+
+    Output index i samples input position i · in/out (float32, as TF computes it), interpolating between floor and
+    the next index, clamped at the last one. PyTorch's `interpolate(align_corners=False)` samples (i + ½) · in/out − ½
+    instead, which shifts every pixel and changes FID. Width first, then height, as TF's kernel does.
+    """
+    return _resize_axis(_resize_axis(images, 3, size[1]), 2, size[0])
+
+
+def _resize_axis(images: Tensor, dim: int, size: int) -> Tensor:
+    length = images.shape[dim]
+    if length == size:
+        return images
+    scale = torch.tensor(length / size, dtype=torch.float32)
+    source = torch.arange(size, dtype=torch.float32) * scale
+    low = source.floor().to(torch.long).clamp(max=length - 1)
+    high = (low + 1).clamp(max=length - 1)
+    shape = [1] * images.dim()
+    shape[dim] = size
+    weight = (source - low.to(torch.float32)).to(images.dtype).view(shape).to(images.device)
+    first = images.index_select(dim, low.to(images.device))
+    second = images.index_select(dim, high.to(images.device))
+    return first + (second - first) * weight
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
