@@ -10,12 +10,13 @@ BENCHMARKS = {
     "serve": "ddgan.bench.serve",
     "backends": "ddgan.bench.backends",
     "train-step": "ddgan.bench.train_step",
+    "profile": "ddgan.bench.profile_ops",
     "gpu": "ddgan.bench.gpu.validate",
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks: sampler, serve, backends, train-step, gpu")
+    parser = subparsers.add_parser("bench", help="benchmarks: sampler, serve, backends, train-step, profile, gpu")
     bench_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     for module in BENCHMARKS.values():  # a benchmark imports its optional extras when it runs, not here
         importlib.import_module(module).add_parser(bench_sub)
