@@ -185,7 +185,7 @@ def test_metrics_names_and_labels(server):
     }
     assert {"0.001", "300.0", "+Inf"} <= buckets
     info = value(server.url, "ddgan_model_info", model="mnist", sampler="ddpm", backend="torch", device="cpu",
-                 weights="real")  # fmt: skip
+                 dtype="float32", weights="real")  # fmt: skip
     assert info == 1
 
 
