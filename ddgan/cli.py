@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "toy": ("ddgan.training.cli", "the 2-D 25-Gaussian toy study"),
     "export": ("ddgan.export.cli", "export the sampling chain: ONNX graph, TensorRT engine"),
     "serve": ("ddgan.server.cli", "serve the registry's models over HTTP (POST /generate)"),
+    "generate": ("ddgan.client.cli", "generate images on a running server (--url), jobs with a progress bar"),
     "bench": ("ddgan.bench.cli", "benchmarks: sampler, serve, backends ..."),
 }
 # The extra that provides a module a command may need (pyproject.toml optional-dependencies).
@@ -40,6 +41,8 @@ EXTRAS: dict[str, str] = {
     "matplotlib": "plot",
     "openvino": "openvino",
 }
+# Commands that only talk to a server: no sampler backends to register (and no torch import).
+REMOTE_COMMANDS = frozenset({"generate"})
 EXIT_USAGE = 2
 
 
@@ -88,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "handler", None):
             parser.print_help()
             return EXIT_USAGE
-        register_backends()
+        if command not in REMOTE_COMMANDS:
+            register_backends()
         return int(args.handler(args) or 0)
     except ModuleNotFoundError as exc:
         sys.stderr.write(missing_extra_message(command or "", exc) + "\n")

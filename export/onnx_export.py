@@ -38,6 +38,7 @@ from ddgan.export.artifacts import (
 from ddgan.export.ort_backend import ort_session
 from ddgan.model.checkpoint import load_model, make_readable, weights_digest
 from ddgan.model.config import ModelConfig
+from ddgan.model.ddpm_io import is_ddpm_directory
 from ddgan.model.diffusion import SamplingChain
 from ddgan.model.ncsnpp import NCSNpp
 from ddgan.model.noise import chain_noise, image_seeds, random_seed
@@ -180,6 +181,19 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+def _check_exportable(model_dir: Path) -> None:
+    """ExportError in words for a directory that holds no DDGAN model (missing, a file, a DDPM directory)."""
+    if not model_dir.exists():
+        raise ExportError(f"model directory not found: {model_dir}")
+    if not model_dir.is_dir():
+        raise ExportError(f"--model must be a model directory, got the file {model_dir}")
+    if is_ddpm_directory(model_dir):
+        raise ExportError(
+            f"{model_dir} is a DDPM (diffusers) model directory: ONNX export covers the DDGAN chain only; "
+            "serve DDPM models with the torch backend"
+        )
+
+
 def export_onnx(
     model_dir: str | Path,
     output: str | Path,
@@ -194,6 +208,7 @@ def export_onnx(
     import onnx
 
     model_dir, output = Path(model_dir), Path(output)
+    _check_exportable(model_dir)
     precision = "fp16" if fp16 else "fp32"
     tolerance = (FP16_TOLERANCE if fp16 else FP32_TOLERANCE) if tolerance is None else tolerance
     digest = weights_digest(model_dir)

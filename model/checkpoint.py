@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from ddgan.model.config import ConfigError, ModelConfig
+from ddgan.model.file_checks import safetensors_problem, torch_file_problem
 from ddgan.model.ncsnpp import NCSNpp
 
 logger = logging.getLogger(__name__)
@@ -102,15 +103,28 @@ def load_official_state_dict(path: str | Path, config: ModelConfig) -> dict[str,
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"official checkpoint not found: {path}")
+    problem = torch_file_problem(path)  # damage named in words, before torch.load's own messages
+    if problem is not None:
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {problem}")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
+    except EOFError as exc:
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: truncated (the pickle ends early)") from exc
     except pickle.UnpicklingError as exc:
+        if "Weights only load failed" not in str(exc):  # a damaged stream, not an object the safe loader refuses
+            raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: damaged pickle ({exc})") from exc
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain tensor state_dict (weights_only=True rejected it; "
-            f"official content.pth files pickle an argparse Namespace — convert the netG_*.pth instead): {exc}"
+            "official content.pth files pickle an argparse Namespace — convert the netG_*.pth instead)"
         ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {exc}") from exc
+    except Exception as exc:  # a damaged stream makes the unpickler raise any type (KeyError, ValueError ...)
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        if "unexpected EOF" in reason:
+            reason = f"truncated ({reason})"
+        elif not isinstance(exc, (RuntimeError, OSError)):
+            reason = f"damaged ({type(exc).__name__}: {reason})"
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {reason}") from exc
     if not isinstance(raw, Mapping) or not all(isinstance(v, Tensor) for v in raw.values()):
         raise CheckpointError(f"{path} does not hold a generator state_dict (a mapping of names to tensors)")
     state_dict = {key.removeprefix("module."): value.contiguous().clone() for key, value in raw.items()}
@@ -187,10 +201,13 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> tup
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{directory} has no {WEIGHTS_FILE}")
+    problem = safetensors_problem(weights)
+    if problem is not None:
+        raise CheckpointError(f"cannot read {weights}: {problem}")
     try:
         state_dict = load_file(weights, device="cpu")
     except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"cannot read {weights}: {exc}") from exc
+        raise CheckpointError(f"cannot read {weights}: {exc or type(exc).__name__}") from exc
     check_state_dict(state_dict, config)
     net = NCSNpp(config.generator)
     net.load_state_dict(state_dict, strict=True)

@@ -21,6 +21,7 @@ from ddgan.model.checkpoint import CONFIG_FILE, CheckpointError, atomic_write_by
 from ddgan.model.config import PRESETS, ConfigError, ModelConfig, from_official_args, get_preset
 from ddgan.model.images import encode_png, make_grid, to_uint8
 from ddgan.model.noise import image_seeds, random_seed
+from ddgan.model.official_args import OfficialArgsError, parse_assignments
 from ddgan.model.sampler import Sampler, SamplerError, StepsError, open_sampler
 from ddgan.model.threads import set_threads
 
@@ -175,7 +176,10 @@ def _convert_config(args: argparse.Namespace) -> ModelConfig:
     if args.preset is not None:
         return get_preset(args.preset)
     if args.official_args is not None:
-        values = dict(_parse_assignment(item) for item in args.official_args)
+        try:
+            values: dict[str, Any] = parse_assignments(args.official_args)
+        except OfficialArgsError as exc:
+            raise UsageError(str(exc)) from None
     else:
         try:
             values = json.loads(args.official_args_file.read_text())
@@ -184,25 +188,3 @@ def _convert_config(args: argparse.Namespace) -> ModelConfig:
         if not isinstance(values, dict):
             raise UsageError(f"{args.official_args_file} must hold a JSON object of option names to values")
     return from_official_args(values, preset=args.name or "custom")
-
-
-def _parse_assignment(item: str) -> tuple[str, Any]:
-    """`key=value` with JSON values (`nz=100`, `ch_mult=[1,2,2,2]`); `1,2,2` is a list, anything else a string."""
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise UsageError(f"--official-args expects KEY=VALUE, got {item!r}")
-    key = key.strip().lstrip("-")
-    try:
-        return key, json.loads(text)
-    except json.JSONDecodeError:
-        pass
-    if "," in text:
-        return key, [_scalar(part) for part in text.split(",") if part.strip()]
-    return key, text
-
-
-def _scalar(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text.strip()

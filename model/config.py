@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
+from ddgan.model.official_args import OfficialArgsError, parse_options
+
 # Network precisions by the names the CLI, the registry, the API and the metrics use.
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 
@@ -242,8 +244,14 @@ _FIXED_OFFICIAL_OPTIONS: dict[str, Any] = {
 
 
 def from_official_args(args: Mapping[str, Any] | Namespace, preset: str = "custom") -> ModelConfig:
-    """Build a `ModelConfig` from the official `train_ddgan.py` / `test_ddgan.py` argument names."""
-    values = dict(vars(args)) if isinstance(args, Namespace) else dict(args)
+    """Build a `ModelConfig` from the official `train_ddgan.py` / `test_ddgan.py` options (`model.official_args`).
+
+    Values are read by each option's official type (command-line text or typed values); unknown names fail.
+    """
+    try:
+        values = parse_options(dict(vars(args)) if isinstance(args, Namespace) else dict(args))
+    except OfficialArgsError as exc:
+        raise ConfigError(str(exc)) from None
     for name, required in _FIXED_OFFICIAL_OPTIONS.items():
         if name in values and values[name] != required:
             raise ConfigError(f"official option {name}={values[name]!r} is not supported (only {required!r})")
@@ -253,14 +261,14 @@ def from_official_args(args: Mapping[str, Any] | Namespace, preset: str = "custo
     generator = GeneratorConfig(
         num_channels=int(values.get("num_channels", defaults.num_channels)),
         num_channels_dae=int(values.get("num_channels_dae", defaults.num_channels_dae)),
-        ch_mult=tuple(int(m) for m in values["ch_mult"]),
+        ch_mult=values["ch_mult"],
         num_res_blocks=int(values.get("num_res_blocks", defaults.num_res_blocks)),
-        attn_resolutions=tuple(int(r) for r in values.get("attn_resolutions", defaults.attn_resolutions)),
+        attn_resolutions=values.get("attn_resolutions", defaults.attn_resolutions),
         image_size=int(values.get("image_size", defaults.image_size)),
         nz=int(values.get("nz", defaults.nz)),
         z_emb_dim=int(values.get("z_emb_dim", defaults.z_emb_dim)),
         n_mlp=int(values.get("n_mlp", defaults.n_mlp)),
-        fir_kernel=tuple(int(k) for k in values.get("fir_kernel", defaults.fir_kernel)),
+        fir_kernel=values.get("fir_kernel", defaults.fir_kernel),
         skip_rescale=bool(values.get("skip_rescale", defaults.skip_rescale)),
         not_use_tanh=bool(values.get("not_use_tanh", defaults.not_use_tanh)),
         dropout=float(values.get("dropout", defaults.dropout)),

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from ddgan.model.checkpoint import CheckpointError, atomic_write_bytes, file_sha256, make_readable
 from ddgan.model.config import DictConfig
+from ddgan.model.file_checks import safetensors_problem, torch_file_problem
 
 logger = logging.getLogger(__name__)
 
@@ -128,11 +129,16 @@ def _json_object(path: Path) -> dict[str, Any]:
 
 def _check_weights_are_plain_tensors(unet_dir: Path) -> bool:
     """True for safetensors; refuse a `.bin` that is not a plain tensor state_dict before diffusers opens it."""
-    if (unet_dir / SAFETENSORS_WEIGHTS).is_file():
+    weights = unet_dir / SAFETENSORS_WEIGHTS
+    if weights.is_file():
+        if (problem := safetensors_problem(weights)) is not None:
+            raise CheckpointError(f"cannot read {weights}: {problem}")
         return True
     legacy = unet_dir / PICKLE_WEIGHTS
     if not legacy.is_file():
         raise CheckpointError(f"{unet_dir} has no UNet weights ({SAFETENSORS_WEIGHTS} or {PICKLE_WEIGHTS})")
+    if (problem := torch_file_problem(legacy)) is not None:
+        raise CheckpointError(f"cannot read {legacy}: {problem}")
     try:
         state_dict = torch.load(legacy, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as exc:

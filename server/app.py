@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,10 +13,14 @@ from fastapi import FastAPI, Request
 
 from ddgan.export.backends import register as register_backends
 from ddgan.server.errors import install_error_handlers
+from ddgan.server.job_service import JobService
+from ddgan.server.jobs import Clock, JobStore
 from ddgan.server.metrics import UNKNOWN, ServerMetrics
 from ddgan.server.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from ddgan.server.registry import Registry, load_registry
-from ddgan.server.routes import generate, health, models
+from ddgan.server.reload import RegistryReloader, install_sighup
+from ddgan.server.routes import admin, generate, health, images, models, playground
+from ddgan.server.routes import jobs as jobs_routes
 from ddgan.server.runtime import LoadModel, Runtime
 from ddgan.server.serving import GenerationService
 from ddgan.server.settings import ServerSettings
@@ -34,23 +41,36 @@ def create_app(
     *,
     registry: Registry | None = None,
     load_model: LoadModel | None = None,
+    job_clock: Clock = time.time,
 ) -> FastAPI:
-    """Build the app; `registry` defaults to `settings.registry`, `load_model` to `server.loader.load_entry`."""
+    """Build the app; `registry` defaults to `settings.registry`, `load_model` to `server.loader.load_entry`;
+    `job_clock` is the async jobs' clock (TTL tests pass a fake one)."""
     settings = settings or ServerSettings()
     registry = registry or load_registry(settings.registry)
     metrics = ServerMetrics()
     register_backends()
     engine = Runtime(settings, registry, metrics, load_model) if load_model else Runtime(settings, registry, metrics)
     service = GenerationService(engine, settings, metrics)
+    job_store = JobStore(
+        max_jobs=settings.jobs_max, ttl_s=settings.jobs_ttl_s, max_bytes=settings.jobs_max_bytes,
+        metrics=metrics, clock=job_clock,
+    )  # fmt: skip
+    jobs = JobService(service, job_store, settings)
+    reloader = RegistryReloader(engine, settings.registry, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
+        on_sighup = install_sighup(reloader)
         try:
             yield
         finally:
             logger.info("shutting down: finishing queued work (up to %.0f s)", settings.shutdown_timeout_s)
+            on_sighup.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reloader.wait_idle(), settings.shutdown_timeout_s)
             await engine.stop()
+            await jobs.stop(settings.shutdown_timeout_s)
             await service.stop(settings.shutdown_timeout_s)
 
     app = FastAPI(title="DDGAN inference server", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
@@ -58,6 +78,8 @@ def create_app(
     app.state.metrics = metrics
     app.state.engine = engine
     app.state.service = service
+    app.state.jobs = jobs
+    app.state.reloader = reloader
 
     def count_rejected(request: Request, status: int) -> None:
         # /generate requests refused before the handler ran (bad JSON, wrong types, auth) still count.
@@ -67,8 +89,12 @@ def create_app(
 
     install_error_handlers(app, on_error=count_rejected)
     app.include_router(generate.router)
+    app.include_router(images.router)
+    app.include_router(jobs_routes.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
+    app.include_router(playground.router)
     # Last added is outermost: the request context wraps the body limit, so a 413 also carries X-Request-ID.
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ddgan.model.sampling import SamplingStoppedError
+
 logger = logging.getLogger(__name__)
 
 
@@ -235,6 +237,12 @@ class BatchQueue:
             results = self.run_batch(slices)
             if len(results) != len(slices):
                 raise RuntimeError(f"run_batch returned {len(results)} results for {len(slices)} slices")
+        except SamplingStoppedError:
+            # Every ticket in the batch was given up while it ran: nothing to resolve, nothing measured.
+            logger.info("%s: batch of %d units stopped early, every ticket in it was given up", self.name, units)
+            with self._cond:
+                self._running_work = 0.0
+            return
         except Exception as exc:
             logger.exception("%s: batch of %d units failed", self.name, units)
             with self._cond:

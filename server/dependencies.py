@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the engine, the serving layer, the settings, the metrics and the optional API key."""
+"""FastAPI dependencies: the engine, the serving layer, the jobs, the settings, the metrics and the API key."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from ddgan.server.engine import Engine
 from ddgan.server.errors import APIError
+from ddgan.server.job_service import JobService, owner_of
 from ddgan.server.metrics import ServerMetrics
 from ddgan.server.serving import GenerationService
 from ddgan.server.settings import ServerSettings
@@ -47,8 +48,21 @@ def require_api_key(request: Request, settings: Annotated[ServerSettings, Depend
         )  # fmt: skip
 
 
+def job_owner(request: Request) -> str | None:
+    """Who a job belongs to: the bearer token sent (checked by `require_api_key` where a key is set), digested."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return owner_of(token.strip()) if scheme.lower() == "bearer" else None
+
+
+def get_jobs(request: Request) -> JobService:
+    jobs: JobService = request.app.state.jobs
+    return jobs
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
 SettingsDep = Annotated[ServerSettings, Depends(get_settings)]
 MetricsDep = Annotated[ServerMetrics, Depends(get_metrics)]
 ServiceDep = Annotated[GenerationService, Depends(get_service)]
+JobsDep = Annotated[JobService, Depends(get_jobs)]
+JobOwner = Annotated[str | None, Depends(job_owner)]
 ApiKey = Depends(require_api_key)

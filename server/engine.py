@@ -4,7 +4,7 @@
 engine (replicas on Ray Serve) implements the same two protocols, so routes, validation, encoding, metrics
 and the error shape are written once. `ModelHandle.generate` raises the batch queue's errors
 (`QueueFullError`, `QueueClosedError`, `DeadlineExceededError`, `BatchFailedError`) or `ClientGoneError`;
-the serving layer turns them into HTTP answers.
+the serving layer turns them into HTTP answers. `progress` (an async job's) hears how its images advance.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 
 from ddgan.model.sampling import SamplerInfo
 from ddgan.server.registry import ModelEntry
+from ddgan.server.work import WorkProgress
 
 
 class ModelState(enum.StrEnum):
@@ -54,7 +55,12 @@ class ModelHandle(Protocol):
     def queued_units(self) -> int: ...
 
     async def generate(
-        self, seeds: list[int], steps: int, deadline: float, client_gone: Callable[[], Awaitable[Any]]
+        self,
+        seeds: list[int],
+        steps: int,
+        deadline: float,
+        client_gone: Callable[[], Awaitable[Any]],
+        progress: WorkProgress | None = None,
     ) -> Generated: ...
 
 

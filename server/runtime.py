@@ -32,7 +32,7 @@ from ddgan.server.metrics import ServerMetrics
 from ddgan.server.registry import ModelEntry, Registry
 from ddgan.server.settings import ServerSettings
 from ddgan.server.warmup import warm_up, without_warm_up
-from ddgan.server.work import ImageWork, run_image_batch
+from ddgan.server.work import ImageWork, WorkProgress, run_image_batch
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,16 @@ class ServedModel:
         return self.queue.queued_units if self.queue else 0
 
     async def generate(
-        self, seeds: list[int], steps: int, deadline: float, client_gone: Callable[[], Awaitable[Any]]
+        self,
+        seeds: list[int],
+        steps: int,
+        deadline: float,
+        client_gone: Callable[[], Awaitable[Any]],
+        progress: WorkProgress | None = None,
     ) -> Generated:
         """Queue the images, wait for them (deadline, disconnect), cancel what is left when giving up."""
         assert self.queue is not None
-        ticket = self.queue.submit(ImageWork(seeds, steps), len(seeds), steps, deadline)
+        ticket = self.queue.submit(ImageWork(seeds, steps, progress), len(seeds), steps, deadline)
         watcher: asyncio.Future[Any] = asyncio.ensure_future(client_gone())
         try:
             done, _ = await asyncio.wait(
@@ -152,9 +157,41 @@ class Runtime:
     def lookup(self, dataset: str, sampler: str) -> ModelHandle | None:
         return self.models.get((dataset, sampler))
 
+    # ----- hot reload (server/reload.py decides what changes; these carry it out) -----
+    def load_detached(self, entry: ModelEntry) -> ServedModel:
+        """Load and warm a model without serving it yet (blocking: run it on a thread); its state says how it went."""
+        served = ServedModel(entry)
+        if self._stopping:
+            served.state, served.reason = ModelState.FAILED, "server shut down before the model loaded"
+        elif not self.settings.random_weights and not weights_present(entry):
+            served.state, served.reason = ModelState.NOT_INSTALLED, not_installed_reason(entry)
+        else:
+            self._load_one(served)
+        return served
+
+    def install(self, served: ServedModel) -> ServedModel | None:
+        """Serve `served` from now on (event loop); returns the model it replaces, for `retire`."""
+        previous = self.models.get(served.entry.key)
+        self.models[served.entry.key] = served
+        return previous
+
+    def withdraw(self, key: tuple[str, str]) -> ServedModel | None:
+        """Stop serving a model (event loop): new requests no longer find it; `retire` it next."""
+        served = self.models.pop(key, None)
+        if served is not None:
+            self.metrics.forget_model_info(*key)
+        return served
+
+    def retire(self, served: ServedModel) -> None:
+        """Blocking: let a model no longer served finish its queued work, then release it."""
+        if served.queue is not None:
+            # No ticket outlives its deadline: waiting that long lets every request in flight complete.
+            served.queue.close(max(self.settings.request_timeout_s, self.settings.jobs_timeout_s))
+        served.sampler = None  # the last reference: weights and device memory go with it
+
     # ----- loading (background thread) -----
     def _load_all(self) -> None:
-        for served in self.models.values():
+        for served in list(self.models.values()):  # a hot reload may change the map meanwhile
             if served.state is ModelState.NOT_INSTALLED:
                 continue
             if self._stopping:

@@ -48,6 +48,7 @@ class GenerateResponse(BaseModel):
     device: str
     dtype: str = Field(description="the dtype the network computed in (a registry `auto` resolved)")
     random_weights: bool = Field(description="true: untrained weights, for latency work only")
+    cached: int = Field(description="images answered from the PNG cache (no sampler time)")
     images: list[str] = Field(description="base64-encoded PNGs, one per seed")
     latency_ms: LatencyMs
 

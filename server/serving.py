@@ -3,7 +3,9 @@
 Routes validate the body and negotiate the media type; `GenerationService.generate` does the rest: finds the
 model, checks the request against what its sampler runs (`SamplerInfo.check_steps`, the one place steps are
 validated), queues the images on the model's batch queue, waits (deadline, client disconnect), encodes the
-PNGs on the pool, and records the request in the metrics. It owns the one in-flight count and the PNG pool.
+PNGs on the pool, and records the request in the metrics. It owns the one in-flight count, the PNG pool and
+the PNG cache (server/png_cache.py): seeds already encoded are answered from it, only the others are queued.
+`image` answers GET /v1/images (one content-addressed PNG, ETag, 304) through the same cache.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from typing import Any
 from ddgan.model.noise import image_seeds, random_seed
 from ddgan.model.sampler import SamplerInfo, StepsError
 from ddgan.server.batching import BatchFailedError, DeadlineExceededError, QueueClosedError, QueueFullError
-from ddgan.server.encoding import JSON, PNG, ZIP, build_zip, encode_grid, encode_pngs
+from ddgan.server.encoding import JSON, PNG, ZIP, build_zip, encode_grid
 from ddgan.server.engine import ClientGoneError, Engine, Generated, ModelHandle, ModelState
 from ddgan.server.errors import APIError
 from ddgan.server.metrics import UNKNOWN, ServerMetrics
+from ddgan.server.png_cache import IMMUTABLE, CacheUse, ImageAddress, PngCache, none_match
 from ddgan.server.schemas import GenerateRequest, GenerateResponse, LatencyMs
+from ddgan.server.seed_images import SeedImages, encoded_images, seed_images
 from ddgan.server.settings import ServerSettings
 
 CLIENT_CLOSED = 499  # nginx's code for "client closed the request": only ever seen in metrics and logs
@@ -40,6 +44,27 @@ class Rendered:
     server_timing: list[tuple[str, float]]
 
 
+@dataclass(frozen=True)
+class ImageAnswer:
+    """GET /v1/images: 200 with the PNG, or 304 (png None); the ETag and caching headers either way."""
+
+    status: int
+    png: bytes | None
+    headers: dict[str, str]
+    server_timing: list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request checked against its model: what to queue."""
+
+    model: ModelHandle
+    info: SamplerInfo
+    seeds: list[int]
+    steps: int
+    seed: int
+
+
 def invalid(field: str, message: str) -> APIError:
     detail = {"field": field, "message": message, "type": "value_error"}
     return APIError(422, "invalid_request", f"{field}: {message}", details=[detail])
@@ -51,7 +76,8 @@ class GenerationService:
         self.settings = settings
         self.metrics = metrics
         self.png_pool = ThreadPoolExecutor(settings.png_workers, thread_name_prefix="png")
-        self.in_flight = 0  # /generate requests past validation (event-loop side only)
+        self.in_flight = 0  # /generate and /v1/images requests past validation (event-loop side only)
+        self.cache = PngCache(settings.png_cache_bytes, metrics)
 
     async def stop(self, timeout_s: float) -> None:
         """Requests whose images are done still encode them on the pool: let them finish first."""
@@ -61,19 +87,24 @@ class GenerationService:
         self.png_pool.shutdown(wait=True)
 
     async def generate(
-        self, body: GenerateRequest, media_type: str, request_id: str, client_gone: Callable[[], Awaitable[Any]]
+        self,
+        body: GenerateRequest,
+        media_type: str,
+        request_id: str,
+        client_gone: Callable[[], Awaitable[Any]],
+        cache_use: CacheUse = CacheUse(),
     ) -> Rendered:
         """Generate and encode; raises APIError (answered in the error shape) or ClientGoneError."""
         started = time.perf_counter()
         labels = (UNKNOWN, UNKNOWN)
         status = 200
         try:
-            served = self._served_model(body)
+            served = self._served_model(body.dataset, body.sampler)
             labels = (body.dataset, body.sampler)
             self.in_flight += 1
             self.metrics.in_flight_changed(*labels, 1)
             try:
-                return await self._generate(body, served, media_type, request_id, client_gone, started)
+                return await self._generate(body, served, media_type, request_id, client_gone, cache_use, started)
             finally:
                 self.in_flight -= 1
                 self.metrics.in_flight_changed(*labels, -1)
@@ -89,12 +120,20 @@ class GenerationService:
         finally:
             self.metrics.observe_request(*labels, status, time.perf_counter() - started)
 
-    def _served_model(self, body: GenerateRequest) -> ModelHandle:
+    def admit(self, body: GenerateRequest) -> Admitted:
+        """The model and checked seeds/steps of a request (an async job's), or the APIError /generate answers."""
+        served = self._served_model(body.dataset, body.sampler)
+        info = served.info
+        assert info is not None
+        seeds, steps, seed = self._check(body, served, info)
+        return Admitted(served, info, seeds, steps, seed)
+
+    def _served_model(self, dataset: str, sampler: str) -> ModelHandle:
         engine = self.engine
-        served = engine.lookup(body.dataset, body.sampler)
+        served = engine.lookup(dataset, sampler)
         if served is None:
             known = sorted({f"{m.entry.dataset}/{m.entry.sampler}" for m in engine.handles()})
-            message = f"no model {body.dataset}/{body.sampler}; configured: {', '.join(known)}"
+            message = f"no model {dataset}/{sampler}; configured: {', '.join(known)}"
             raise APIError(404, "unknown_model", message)
         if served.state is ModelState.NOT_INSTALLED:
             raise APIError(404, "model_not_installed", served.reason or f"{served.entry.name} is not installed")
@@ -130,32 +169,110 @@ class GenerationService:
         media_type: str,
         request_id: str,
         client_gone: Callable[[], Awaitable[Any]],
+        cache_use: CacheUse,
         started: float,
     ) -> Rendered:
         info = served.info
         assert info is not None
         seeds, steps, seed = self._check(body, served, info)
         timeout_s = min(self.settings.request_timeout_s, body.timeout_s or math.inf)
-        deadline = time.monotonic() + timeout_s
-        try:
-            generated = await served.generate(seeds, steps, deadline, client_gone)
-        except QueueFullError as exc:
-            raise APIError(
-                503,
-                "overloaded",
-                f"{served.entry.name} has {exc.queued_units} images queued (limit {served.entry.max_queue_images}); "
-                f"retry in {exc.retry_after_s} s",
-                headers={"Retry-After": str(exc.retry_after_s)},
-            ) from None
-        except QueueClosedError:
-            raise APIError(503, "shutting_down", "the server is shutting down") from None
-        except DeadlineExceededError:
-            raise APIError(504, "deadline_exceeded", f"no result within {timeout_s:.3g} s") from None
-        except BatchFailedError as exc:
-            raise APIError(500, "generation_failed", f"the batch holding this request failed: {exc}") from None
-        return await self._render(body, info, media_type, request_id, seeds, steps, seed, generated, started)
+        images = await self._seed_images(served, info, seeds, steps, timeout_s, client_gone, cache_use)
+        return await self._render(body, info, media_type, request_id, seeds, steps, seed, images, started)
 
-    async def _render(
+    async def _seed_images(
+        self,
+        served: ModelHandle,
+        info: SamplerInfo,
+        seeds: list[int],
+        steps: int,
+        timeout_s: float,
+        client_gone: Callable[[], Awaitable[Any]],
+        cache_use: CacheUse,
+    ) -> SeedImages:
+        deadline = time.monotonic() + timeout_s
+
+        async def generate(missing: list[int]) -> Generated:
+            try:
+                return await served.generate(missing, steps, deadline, client_gone)
+            except QueueFullError as exc:
+                raise APIError(
+                    503,
+                    "overloaded",
+                    f"{served.entry.name} has {exc.queued_units} images queued "
+                    f"(limit {served.entry.max_queue_images}); retry in {exc.retry_after_s} s",
+                    headers={"Retry-After": str(exc.retry_after_s)},
+                ) from None
+            except QueueClosedError:
+                raise APIError(503, "shutting_down", "the server is shutting down") from None
+            except DeadlineExceededError:
+                raise APIError(504, "deadline_exceeded", f"no result within {timeout_s:.3g} s") from None
+            except BatchFailedError as exc:
+                raise APIError(500, "generation_failed", f"the batch holding this request failed: {exc}") from None
+
+        settings = self.settings
+        return await seed_images(
+            served.entry.dataset, info, seeds, steps, generate, self.cache, self.png_pool,
+            settings.png_workers, settings.png_compress_level, cache_use,
+        )  # fmt: skip
+
+    async def image(
+        self,
+        dataset: str,
+        sampler: str,
+        seed: int,
+        steps: int | None,
+        if_none_match: str | None,
+        client_gone: Callable[[], Awaitable[Any]],
+        cache_use: CacheUse = CacheUse(),
+    ) -> ImageAnswer:
+        """One content-addressed PNG (GET /v1/images/...), or a 304 when the client's ETag is current."""
+        labels = (UNKNOWN, UNKNOWN)
+        status = 200
+        try:
+            served = self._served_model(dataset, sampler)
+            labels = (dataset, sampler)
+            info = served.info
+            assert info is not None
+            try:
+                checked_steps = info.check_steps(steps)
+            except StepsError as exc:
+                raise invalid("query.steps", f"{exc} ({served.entry.name})") from None
+            address = ImageAddress.of(dataset, info, seed, checked_steps, self.settings.png_compress_level)
+            headers = {
+                "ETag": address.etag,
+                "Cache-Control": IMMUTABLE,
+                "X-Model": dataset,
+                "X-Sampler": sampler,
+                "X-Steps": str(checked_steps),
+                "X-Seed": str(seed),
+                "X-Weights": "random" if info.random_weights else "real",
+            }
+            if none_match(if_none_match, address.etag):
+                status = 304
+                return ImageAnswer(304, None, headers, [])
+            self.in_flight += 1
+            try:
+                timeout_s = self.settings.request_timeout_s
+                images = await self._seed_images(served, info, [seed], checked_steps, timeout_s, client_gone, cache_use)
+            finally:
+                self.in_flight -= 1
+            headers["X-Cache"] = "hit" if images.cached else "miss"
+            timing = [("queue", images.queue_s * 1000), ("inference", images.inference_s * 1000),
+                      ("png", images.png_s * 1000)]  # fmt: skip
+            return ImageAnswer(200, images.pngs[0], headers, timing)
+        except APIError as exc:
+            status = exc.status
+            raise
+        except ClientGoneError:
+            status = CLIENT_CLOSED
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            self.metrics.observe_image_request(*labels, status)
+
+    async def render(
         self,
         body: GenerateRequest,
         info: SamplerInfo,
@@ -167,12 +284,31 @@ class GenerationService:
         result: Generated,
         started: float,
     ) -> Rendered:
-        images = result.images
+        """Encode generated images as `media_type` (an async job's result); `started` is perf_counter time.
+        Their PNGs join the cache, so a job's seeds cost no sampler time in a later request either."""
+        settings = self.settings
+        images = await encoded_images(
+            body.dataset, info, seeds, steps, result, self.cache, self.png_pool,
+            settings.png_workers, settings.png_compress_level,
+        )  # fmt: skip
+        return await self._render(body, info, media_type, request_id, seeds, steps, seed, images, started)
+
+    async def _render(
+        self,
+        body: GenerateRequest,
+        info: SamplerInfo,
+        media_type: str,
+        request_id: str,
+        seeds: list[int],
+        steps: int,
+        seed: int,
+        result: SeedImages,
+        started: float,
+    ) -> Rendered:
+        pool, level = self.png_pool, self.settings.png_compress_level
         encode_started = time.perf_counter()
-        pool, workers, level = self.png_pool, self.settings.png_workers, self.settings.png_compress_level
-        grid = await encode_grid(images, pool, level) if media_type == PNG else None
-        pngs = await encode_pngs(images, pool, workers, level) if grid is None else []
-        png_s = time.perf_counter() - encode_started
+        grid = await encode_grid(await result.pixels(pool), pool, level) if media_type == PNG else None
+        png_s = result.png_s + time.perf_counter() - encode_started
         self.metrics.observe_png_encode(body.dataset, body.sampler, png_s)
 
         latency = LatencyMs(
@@ -188,10 +324,11 @@ class GenerationService:
             "X-Steps": str(steps),
             "X-Seed": str(seed),
             "X-Image-Count": str(len(seeds)),
+            "X-Cached-Images": str(result.cached),
             "X-Weights": "random" if info.random_weights else "real",
             "X-Dtype": info.dtype,
         }
-        channels, height, width = images.shape[3], images.shape[1], images.shape[2]
+        channels, height, width = info.image_shape
         payload = GenerateResponse(
             request_id=request_id,
             model=body.dataset,
@@ -206,6 +343,7 @@ class GenerationService:
             device=info.device,
             dtype=info.dtype,
             random_weights=info.random_weights,
+            cached=result.cached,
             images=[],
             latency_ms=latency,
         )
@@ -215,10 +353,10 @@ class GenerationService:
             names = [f"{body.dataset}-{body.sampler}-seed{s}.png" for s in seeds]
             metadata = payload.model_dump(exclude={"images"})
             loop = asyncio.get_running_loop()
-            archive = await loop.run_in_executor(pool, build_zip, pngs, names, metadata)
+            archive = await loop.run_in_executor(pool, build_zip, result.pngs, names, metadata)
             filename = f"{body.dataset}-{body.sampler}-seed{seed}.zip"
             headers["Content-Disposition"] = f'attachment; filename="{filename}"'
             return Rendered(ZIP, archive, headers, timing)
         assert media_type == JSON
-        payload.images = [base64.b64encode(png).decode("ascii") for png in pngs]
+        payload.images = [base64.b64encode(png).decode("ascii") for png in result.pngs]
         return Rendered(JSON, payload.model_dump(), headers, timing)

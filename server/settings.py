@@ -35,11 +35,19 @@ class ServerSettings(BaseSettings):
     device: str | None = Field(default=None, description="override every model's device (cpu, cuda, cuda:1, auto)")
     backend: str | None = Field(default=None, description="override every DDGAN model's backend")
     api_key: SecretStr | None = Field(default=None, description="if set, /generate and /v1/models need `Bearer <key>`")
+    admin_key: SecretStr | None = Field(
+        default=None, description="enables POST /admin/reload for `Bearer <key>` (a key of its own, not api_key)"
+    )
     max_body_bytes: int = Field(default=16 * 1024, ge=256, description="largest accepted request body")
     max_images_per_request: int = Field(default=64, ge=1, le=4096, description="upper bound of `n`")
     request_timeout_s: float = Field(default=120.0, gt=0, description="deadline of a /generate request (504 past it)")
     png_workers: int = Field(default_factory=_default_png_workers, ge=1, le=64)
     png_compress_level: int = Field(default=1, ge=0, le=9, description="zlib level of the PNGs (1: fast)")
+    png_cache_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="byte budget of the in-process LRU of encoded PNGs shared by /generate and /v1/images (0: off)",
+    )
     warmup: bool = Field(default=True, description="run every model at its batch sizes before /readyz turns ready")
     shutdown_timeout_s: float = Field(default=30.0, ge=0, description="how long shutdown waits for queued work")
     torch_threads: int | None = Field(
@@ -50,6 +58,12 @@ class ServerSettings(BaseSettings):
         "quota: more threads than CPUs preempt each other, see ddgan.model.threads)",
     )
     log_level: str = Field(default="info", description="uvicorn and server log level")
+    jobs_max: int = Field(default=64, ge=1, le=100_000, description="async jobs held at once (any state)")
+    jobs_ttl_s: float = Field(default=600.0, gt=0, description="how long a finished job and its result are kept")
+    jobs_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1, description="raw image bytes of finished job results kept at once"
+    )
+    jobs_timeout_s: float = Field(default=3600.0, gt=0, description="deadline of one async job, queueing included")
 
     @field_validator("device", "backend")
     @classmethod

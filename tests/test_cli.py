@@ -22,7 +22,7 @@ def test_the_folders_install_under_one_package_only(tmp_path: Path) -> None:
     """Outside the repository `import ddgan.model` works and the generic top-level names do not exist."""
     found = _python("import ddgan.model.sampler, ddgan.server.app; print(ddgan.model.__name__)", tmp_path)
     assert found.returncode == 0, found.stderr
-    for generic in ("model", "server", "export", "training", "bench"):
+    for generic in ("model", "server", "export", "training", "bench", "client"):
         missing = _python(f"import {generic}", tmp_path)
         assert missing.returncode != 0 and "ModuleNotFoundError" in missing.stderr, generic
 

@@ -141,7 +141,7 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: Path | None = None) -> 
     """`--export-only`: the EMA generator of a run's checkpoint → a model directory (config.json + safetensors)."""
     from ddgan.model.checkpoint import save_model
     from ddgan.model.config import ConfigError
-    from ddgan.training.run_state import RunStateError, find_checkpoint, load_run_state
+    from ddgan.training.run_state import RunStateError, load_newest, load_run_state
     from ddgan.training.runs import CONFIG_FILE, run_data
     from ddgan.training.train_config import TrainConfig
 
@@ -150,9 +150,15 @@ def export_run(run_dir: Path, out_dir: Path, checkpoint: Path | None = None) -> 
         raise SystemExit(f"ddgan train --export-only: {run_dir} is not a training run ({CONFIG_FILE} missing)")
     try:
         config = TrainConfig.from_json(config_file.read_text())
-        path = checkpoint or find_checkpoint(run_dir)
-        step, state = load_run_state(path)
-    except (ConfigError, FileNotFoundError, RunStateError) as exc:
+        if checkpoint is not None:
+            path, (step, state) = checkpoint, load_run_state(checkpoint)
+        elif (newest := load_newest(run_dir)) is None:
+            raise SystemExit(f"ddgan train --export-only: {run_dir} has no checkpoint yet")
+        else:
+            path, step, state, skipped = newest
+            for skipped_path, reason in skipped:
+                sys.stderr.write(f"ddgan train --export-only: skipped the checkpoint {skipped_path.name}: {reason}\n")
+    except (ConfigError, RunStateError) as exc:
         raise SystemExit(f"ddgan train --export-only: {exc}") from exc
     trained_on = f"{_trained_on(config, run_data(run_dir))}; {step} steps, EMA {config.ema_decay}"
     save_model(out_dir, config.model.replace(trained_on=trained_on), state["ema"])

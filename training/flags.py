@@ -51,7 +51,14 @@ def add_run_flags(parser: argparse.ArgumentParser, what: str, length: str) -> ar
     parser.add_argument("--data", help="training data: .npz, image folder, CIFAR-10 batches or NVAE LMDB")
     parser.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, samples, logs, model/)")
     parser.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint (--data optional)"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its newest checkpoint that loads (--data optional)",
+    )
+    parser.add_argument(
+        "--resume-from",
+        metavar="STEP|PATH",
+        help="continue from a checkpoint: a step of the run (e.g. 1200) or a checkpoint directory (implies --resume)",
     )
     parser.add_argument("--export", type=Path, metavar="DIR", help=f"where the EMA {what} goes (default OUT/model)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -67,6 +74,11 @@ def add_run_flags(parser: argparse.ArgumentParser, what: str, length: str) -> ar
     loop.add_argument("--log-every", type=positive_int, metavar="STEPS", help="steps between TensorBoard points")
     loop.add_argument("--num-workers", type=int, help="DataLoader workers for on-disk datasets")
     return parser.add_argument_group("recipe overrides (default: the preset's recipe; fixed once a run exists)")
+
+
+def resuming(args: argparse.Namespace) -> bool:
+    """Whether the command continues a run (`--resume`, or `--resume-from`, which implies it)."""
+    return bool(args.resume or getattr(args, "resume_from", None))
 
 
 def loop_overrides(args: argparse.Namespace) -> dict[str, Any]:

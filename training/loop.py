@@ -34,7 +34,7 @@ from ddgan.model.images import encode_png, make_grid, to_uint8
 from ddgan.training.data import BatchStream
 from ddgan.training.datasets import ImageDataset
 from ddgan.training.distributed import DistContext, any_rank, mean_over_ranks
-from ddgan.training.run_state import latest_checkpoint, load_run_state, save_run_state
+from ddgan.training.run_state import load_newest, load_run_state, save_run_state
 from ddgan.training.train_config import LoopConfig
 
 logger = logging.getLogger(__name__)
@@ -140,11 +140,20 @@ class LoopTrainer(ABC):
         return path
 
     def resume(self, checkpoint: Path | None = None) -> bool:
-        """Load `checkpoint` (default: the run's latest). False when the run has none yet."""
-        checkpoint = checkpoint or latest_checkpoint(self.out_dir)
-        if checkpoint is None:
-            return False
-        step, state = load_run_state(checkpoint)
+        """Load `checkpoint`, or else the run's newest checkpoint that loads. False when the run has none yet.
+
+        Newer checkpoints that do not load are skipped with a warning naming each and why; RunStateError
+        (one line) when `checkpoint` or every checkpoint of the run is unreadable.
+        """
+        if checkpoint is not None:
+            step, state = load_run_state(checkpoint)
+        else:
+            newest = load_newest(self.out_dir)
+            if newest is None:
+                return False
+            checkpoint, step, state, skipped = newest
+            for path, reason in skipped:
+                logger.warning("skipped the checkpoint %s: %s", path.name, reason)
         if state.get("world_size", 1) != self.ctx.world_size:
             logger.warning(
                 "resuming a %s-process run with %d processes: the data order differs from the original run",

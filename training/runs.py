@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from ddgan.model.checkpoint import atomic_write_bytes
 from ddgan.model.config import ConfigError
+from ddgan.training.flags import resuming
 from ddgan.training.train_config import LoopConfig
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ def open_run(
     """
     out: Path = args.out
     config_file = out / CONFIG_FILE
+    resume = resuming(args)
     try:
-        if args.resume and config_file.is_file():
+        if resume and config_file.is_file():
             saved = config_class.from_json(config_file.read_text())
             wanted = changes(saved)
             allowed = config_class.resumable_fields()
@@ -62,7 +64,7 @@ def open_run(
                 )
             return saved.replace(**{k: v for k, v in wanted.items() if k in allowed}), str(data)
         if any(not getattr(args, flag.removeprefix("--").replace("-", "_")) for flag in new_run_flags):
-            nothing_to_resume = f"{out} holds no run to resume; " if args.resume else ""
+            nothing_to_resume = f"{out} holds no run to resume; " if resume else ""
             raise SystemExit(f"ddgan {command}: {nothing_to_resume}a new run needs {' and '.join(new_run_flags)}")
         if (out / "checkpoints").exists():
             raise SystemExit(f"ddgan {command}: {out} already holds a run; pass --resume or choose another --out")
@@ -87,7 +89,7 @@ def _write_run_files(args: argparse.Namespace, config: LoopConfig, data: str, im
 
     out: Path = args.out
     atomic_write_bytes(out / CONFIG_FILE, (config.to_json() + "\n").encode())
-    previous = _run_info(out) if args.resume else {}
+    previous = _run_info(out) if resuming(args) else {}
     info = {
         **previous,
         "data": str(Path(data).resolve()),
@@ -122,13 +124,22 @@ def train_run(
     from ddgan.training.distributed import init_distributed, shutdown_distributed
     from ddgan.training.flags import set_threads
     from ddgan.training.loop import SIGNAL_EXIT_CODES
+    from ddgan.training.run_state import RunStateError, clean_staging, resolve_checkpoint
 
     set_threads(config.num_threads)
     ctx = init_distributed(args.device)
     try:
+        if ctx.is_main:
+            for path in clean_staging(args.out):
+                logger.warning("removed %s, left by an interrupted checkpoint write", path)
         trainer = build(ctx)
-        if args.resume and not trainer.resume():
-            logger.info("no checkpoint in %s yet: starting a new run", args.out)
+        try:
+            if args.resume_from is not None:
+                trainer.resume(resolve_checkpoint(args.out, args.resume_from))
+            elif args.resume and not trainer.resume():
+                logger.info("no checkpoint in %s yet: starting a new run", args.out)
+        except RunStateError as exc:
+            raise SystemExit(f"ddgan {command} --resume: {exc}") from None
         if trainer.finished:
             limits = []
             if config.max_steps is not None and trainer.step >= config.max_steps:

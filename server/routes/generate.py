@@ -11,6 +11,7 @@ from ddgan.server.dependencies import ApiKey, ServiceDep
 from ddgan.server.encoding import PNG, ZIP, negotiate
 from ddgan.server.engine import ClientGoneError
 from ddgan.server.errors import APIError
+from ddgan.server.png_cache import CacheUse
 from ddgan.server.schemas import ErrorResponse, GenerateRequest, GenerateResponse
 from ddgan.server.serving import CLIENT_CLOSED
 
@@ -31,7 +32,9 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {PNG: {}, ZIP: {}},
         "description": "JSON with base64 PNGs (default), one grid PNG (Accept: image/png) or a ZIP of PNGs "
-        "(Accept: application/zip). Headers: X-Request-ID, Server-Timing, X-Seed, X-Image-Count, X-Weights, X-Dtype.",
+        "(Accept: application/zip). Headers: X-Request-ID, Server-Timing, X-Seed, X-Image-Count, X-Cached-Images, "
+        "X-Weights, X-Dtype. Images of seeds seen before come from the PNG cache; `Cache-Control: no-cache` "
+        "regenerates them.",
     },
 }
 
@@ -47,7 +50,10 @@ async def generate(body: GenerateRequest, request: Request, service: ServiceDep)
     media_type = negotiate(request.headers.get("accept"))  # a 406 is counted like every rejection before this
     request.state.metrics_recorded = True  # from here on the serving layer records the request
     try:
-        rendered = await service.generate(body, media_type, str(request.state.request_id), _client_gone(request))
+        rendered = await service.generate(
+            body, media_type, str(request.state.request_id), client_gone(request),
+            CacheUse.of(request.headers.get("cache-control")),
+        )  # fmt: skip
     except ClientGoneError:
         return Response(status_code=CLIENT_CLOSED)
     request.state.server_timing = rendered.server_timing
@@ -56,7 +62,7 @@ async def generate(body: GenerateRequest, request: Request, service: ServiceDep)
     return Response(rendered.content, media_type=rendered.media_type, headers=rendered.headers)
 
 
-def _client_gone(request: Request) -> Any:
+def client_gone(request: Request) -> Any:
     async def watch() -> None:
         """Returns when the client disconnects (the body is already read, so the next message is the disconnect)."""
         while True:

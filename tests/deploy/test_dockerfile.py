@@ -42,7 +42,7 @@ def test_every_python_package_and_the_bundled_models_are_copied() -> None:
     assert wanted <= sources, f"packages missing from the image: {wanted - sources}"
     # ddgan/ links to the top-level folders it installs: each link's target must be in the image as well.
     linked = {link.resolve().name for link in (REPO / "ddgan").iterdir() if link.is_symlink()}
-    assert linked == {"model", "server", "export", "training", "bench"}
+    assert linked == {"model", "server", "export", "training", "bench", "client"}
     assert linked <= sources, f"folders ddgan/ links to but the image lacks: {linked - sources}"
     assert {"pyproject.toml", PYPROJECT["project"]["readme"], "ddgan", "models"} <= sources
     assert ("models", "/models") in {(s, d) for sources, d, _ in _copies() for s in sources}

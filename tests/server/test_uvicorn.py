@@ -32,10 +32,10 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, registry: Path, log: Path) -> None:
+    def __init__(self, registry: Path, log: Path, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "DDGAN_SHUTDOWN_TIMEOUT_S": "20"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "DDGAN_SHUTDOWN_TIMEOUT_S": "20", **(env or {})}
         command = [sys.executable, "-m", "ddgan", "serve", "--registry", str(registry), "--port", str(self.port),
                    "--torch-threads", "1", "--png-workers", "2"]  # fmt: skip
         self.log = log
@@ -130,7 +130,8 @@ def test_concurrent_requests_match_lone_requests(server):
     batches = value(server.url, "ddgan_batch_size_images_count", model="mnist", sampler="ddgan") - batches_before
     assert batches < len(requests)  # requests really shared batches
     for (seed, n), response in zip(requests, together, strict=True):
-        alone = httpx.post(server.url + "/generate", json={"dataset": "mnist", "n": n, "seed": seed}).json()
+        alone = httpx.post(server.url + "/generate", json={"dataset": "mnist", "n": n, "seed": seed},
+                           headers={"cache-control": "no-cache"}).json()  # fmt: skip
         assert response.json()["images"] == alone["images"]
 
 
