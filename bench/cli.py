@@ -8,6 +8,7 @@ import importlib
 BENCHMARKS = {
     "sampler": "ddgan.bench.sampler",
     "serve": "ddgan.bench.serve",
+    "serve-ray": "ddgan.bench.serve_ray",
     "backends": "ddgan.bench.backends",
     "train-step": "ddgan.bench.train_step",
     "profile": "ddgan.bench.profile_ops",
@@ -16,7 +17,9 @@ BENCHMARKS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("bench", help="benchmarks: sampler, serve, backends, train-step, profile, gpu")
+    parser = subparsers.add_parser(
+        "bench", help="benchmarks: sampler, serve, serve-ray, backends, train-step, profile, gpu"
+    )
     bench_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     for module in BENCHMARKS.values():  # a benchmark imports its optional extras when it runs, not here
         importlib.import_module(module).add_parser(bench_sub)

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
 from ddgan.export.backends import register as register_backends
+from ddgan.server.engine import Engine
 from ddgan.server.errors import install_error_handlers
 from ddgan.server.job_service import JobService
 from ddgan.server.jobs import Clock, JobStore
@@ -27,6 +28,9 @@ from ddgan.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
+# Builds the engine behind the routes: the in-process `Runtime` by default, `RayEngine` under Ray Serve.
+EngineFactory = Callable[[ServerSettings, Registry, ServerMetrics], Engine]
+
 DESCRIPTION = """Few-step image generation (DDGAN) with a DDPM baseline, dynamically batched per model.
 
 `POST /generate {"dataset": "mnist", "n": 16, "seed": 7}` answers JSON with base64 PNGs, one PNG grid
@@ -41,34 +45,44 @@ def create_app(
     *,
     registry: Registry | None = None,
     load_model: LoadModel | None = None,
+    engine_factory: EngineFactory | None = None,
     job_clock: Clock = time.time,
 ) -> FastAPI:
-    """Build the app; `registry` defaults to `settings.registry`, `load_model` to `server.loader.load_entry`;
-    `job_clock` is the async jobs' clock (TTL tests pass a fake one)."""
+    """Build the app; `registry` defaults to `settings.registry`, `load_model` to `server.loader.load_entry`,
+    the engine to the in-process `Runtime` (with `load_model`); `job_clock` is the async jobs' clock (TTL tests
+    pass a fake one)."""
     settings = settings or ServerSettings()
     registry = registry or load_registry(settings.registry)
     metrics = ServerMetrics()
     register_backends()
-    engine = Runtime(settings, registry, metrics, load_model) if load_model else Runtime(settings, registry, metrics)
+    engine: Engine
+    if engine_factory is not None:
+        engine = engine_factory(settings, registry, metrics)
+    elif load_model is not None:
+        engine = Runtime(settings, registry, metrics, load_model)
+    else:
+        engine = Runtime(settings, registry, metrics)
     service = GenerationService(engine, settings, metrics)
     job_store = JobStore(
         max_jobs=settings.jobs_max, ttl_s=settings.jobs_ttl_s, max_bytes=settings.jobs_max_bytes,
         metrics=metrics, clock=job_clock,
     )  # fmt: skip
     jobs = JobService(service, job_store, settings)
-    reloader = RegistryReloader(engine, settings.registry, metrics)
+    # Hot reload swaps models inside this process; the Ray engine's models are redeployed by Ray instead.
+    reloader = RegistryReloader(engine, settings.registry, metrics) if isinstance(engine, Runtime) else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
-        on_sighup = install_sighup(reloader)
+        on_sighup = install_sighup(reloader) if reloader is not None else None
         try:
             yield
         finally:
             logger.info("shutting down: finishing queued work (up to %.0f s)", settings.shutdown_timeout_s)
-            on_sighup.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(reloader.wait_idle(), settings.shutdown_timeout_s)
+            if on_sighup is not None and reloader is not None:
+                on_sighup.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(reloader.wait_idle(), settings.shutdown_timeout_s)
             await engine.stop()
             await jobs.stop(settings.shutdown_timeout_s)
             await service.stop(settings.shutdown_timeout_s)

@@ -145,6 +145,11 @@ class BatchQueue:
     def queued_units(self) -> int:
         return self._queued_units
 
+    @property
+    def alive(self) -> bool:
+        """The worker thread runs (a health check: it only ends when the queue closes)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def submit(self, payload: Any, size: int, cost: float, deadline: float) -> Ticket:
         """Queue a ticket (call from the event loop); raises QueueFullError or QueueClosedError."""
         loop = asyncio.get_running_loop()

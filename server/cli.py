@@ -38,6 +38,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-warmup", dest="warmup", action="store_const", const=False, help="skip warm-up")
     parser.add_argument("--log-level", help="critical, error, warning, info (default), debug")
+    parser.add_argument(
+        "--engine",
+        choices=("native", "ray"),
+        default="native",
+        help="native: this process (default); ray: one Ray Serve deployment per model, autoscaled (extra .[ray])",
+    )
+    parser.add_argument(
+        "--ray-address",
+        help="--engine ray: a running cluster (auto, ray://host:10001); default: start a local one",
+    )
+    parser.add_argument("--ingress-replicas", type=int, default=1, help="--engine ray: HTTP ingress replicas")
     parser.set_defaults(handler=run)
 
 
@@ -60,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         settings = settings_from_args(args)
+        if getattr(args, "engine", "native") == "ray":
+            return _serve_on_ray(settings, args)
         app = create_app(settings)
     except ValidationError as exc:
         fields = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
@@ -79,3 +92,13 @@ def run(args: argparse.Namespace) -> int:
         access_log=settings.log_level in ("debug", "trace"),
     )
     return 0
+
+
+def _serve_on_ray(settings: Any, args: argparse.Namespace) -> int:
+    try:
+        from ddgan.server.rayserve.launch import serve_on_ray
+    except ImportError as exc:
+        sys.stderr.write(f"ddgan serve --engine ray needs Ray Serve: pip install -e '.[ray]' ({exc})\n")
+        return 3
+    logging.getLogger().setLevel(settings.log_level.upper() if settings.log_level != "trace" else "DEBUG")
+    return serve_on_ray(settings, address=args.ray_address, ingress_replicas=args.ingress_replicas)

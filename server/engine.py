@@ -1,7 +1,8 @@
 """The engine boundary of the server: what the serving layer and the routes need of the models.
 
-`Runtime` (server/runtime.py) is the in-process engine: samplers and batch queues in this process. Another
-engine (replicas on Ray Serve) implements the same two protocols, so routes, validation, encoding, metrics
+`Runtime` (server/runtime.py) is the in-process engine: samplers and batch queues in this process.
+`RayEngine` (server/rayserve/engine.py) sends the same work to replicas on Ray Serve. Both implement the two
+protocols below, so routes, validation, encoding, metrics
 and the error shape are written once. `ModelHandle.generate` raises the batch queue's errors
 (`QueueFullError`, `QueueClosedError`, `DeadlineExceededError`, `BatchFailedError`) or `ClientGoneError`;
 the serving layer turns them into HTTP answers. `progress` (an async job's) hears how its images advance.
@@ -39,6 +40,7 @@ class Generated:
     queue_s: float  # enqueue -> first batch starts
     inference_s: float  # sampler time of the batches holding these images
     batches: int
+    replica: str | None = None  # the replica that ran them (`X-Replica`), where an engine has several
 
 
 class ModelHandle(Protocol):
@@ -76,6 +78,10 @@ class Engine(Protocol):
     def handles(self) -> list[ModelHandle]: ...
 
     def lookup(self, dataset: str, sampler: str) -> ModelHandle | None: ...
+
+    async def metrics_page(self) -> bytes:
+        """The Prometheus text of every process serving requests (the in-process engine: this one)."""
+        ...
 
     async def start(self) -> None: ...
 

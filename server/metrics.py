@@ -2,13 +2,18 @@
 docs/architecture.md), the serving layer and the batch queues call the methods below.
 
 Base units; labels are `model` (dataset), `sampler` (ddgan/ddpm) and `status` (HTTP code), plus the info
-gauge, the async jobs' `state` and `reason` and the registry reloads' `result`. Each app owns its own
-`CollectorRegistry`, so several apps (tests) never collide.
+gauge, the async jobs' `state` and `reason` and the registry reloads' `result`; pages merged from several replicas
+(`render_replicas`, the Ray engine) add `replica`. Each app owns its own `CollectorRegistry`, so several apps
+(tests) never collide.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 # 1 ms ... 300 s: a 4-step DDGAN batch and a 1000-step DDPM request both land inside the buckets.
 LATENCY_BUCKETS = (
@@ -21,6 +26,10 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 UNKNOWN = "unknown"
 # Statuses a served model's request counter exports from start-up (success, failed batch, overload, deadline).
 PREINITIALISED_STATUSES = ("200", "500", "503", "504")
+# The label naming the process a series came from when several replicas' series are merged into one page.
+REPLICA_LABEL = "replica"
+
+Snapshot = list[Metric]  # one process's metric families with their samples (plain, picklable data)
 
 
 class ServerMetrics:
@@ -205,3 +214,33 @@ class QueueMetrics:
 
     def queued(self, units: int) -> None:
         self._queued.set(units)
+
+
+def snapshot(metrics: ServerMetrics) -> Snapshot:
+    """This process's series now, to be exported by another process (`render_replicas`)."""
+    return list(metrics.registry.collect())
+
+
+class _ReplicaSeries(Collector):
+    def __init__(self, snapshots: Mapping[str, Snapshot]) -> None:
+        self.snapshots = snapshots
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for replica, families in sorted(self.snapshots.items()):
+            for family in families:
+                target = merged.get(family.name)
+                if target is None:
+                    target = Metric(family.name, family.documentation, family.type, family.unit)
+                    merged[family.name] = target
+                for sample in family.samples:
+                    target.samples.append(sample._replace(labels={REPLICA_LABEL: replica, **sample.labels}))
+        yield from merged.values()
+
+
+def render_replicas(snapshots: Mapping[str, Snapshot]) -> bytes:
+    """One Prometheus page of several processes' series, each sample labelled `replica="<its process>"`:
+    the same names as one server's page, so dashboards that sum by (model, sampler) add the replicas up."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_ReplicaSeries(snapshots))
+    return generate_latest(registry)

@@ -14,6 +14,7 @@ max_wait_ms = 5            # how long a batch may wait to fill up
 max_queue_images = 256     # images waiting beyond this answer 503
 batch_invariant = true     # fixed-size forward passes (only the last is padded): bit-identical images in any batch
 micro_batch = 4            # batch_invariant: that fixed size (default: measured at warm-up, see server/warmup.py)
+scaling = { min_replicas = 1, max_replicas = 4 }   # `ddgan serve --engine ray` only (ReplicaScaling)
 ```
 """
 
@@ -30,6 +31,40 @@ SamplerKind = Literal["ddgan", "ddpm"]
 
 class RegistryError(ValueError):
     """The registry file is missing, is not TOML, or a field is invalid (the message names it)."""
+
+
+class ReplicaScaling(BaseModel):
+    """How the Ray engine runs a model: its replicas, their resources and autoscaling (the native server ignores it).
+
+    Ray Serve scales between `min_replicas` and `max_replicas` to keep about `target_ongoing_requests` requests
+    on each replica; a replica takes up to `max_ongoing_requests` at once (its batch queue coalesces them), and
+    up to `max_queued_requests` more wait for a free replica before the ingress answers 503 + Retry-After.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_replicas: int = Field(default=1, ge=1, le=1024, description="replicas kept warm even when idle")
+    max_replicas: int = Field(default=1, ge=1, le=1024)
+    initial_replicas: int | None = Field(default=None, ge=1, le=1024, description="default: min_replicas")
+    target_ongoing_requests: float = Field(default=2.0, gt=0, description="requests per replica Serve aims for")
+    max_ongoing_requests: int = Field(default=8, ge=1, le=10_000, description="requests one replica takes at once")
+    max_queued_requests: int = Field(default=64, ge=0, le=1_000_000, description="waiting for a replica: then 503")
+    upscale_delay_s: float = Field(default=30.0, ge=0, description="load above target this long adds replicas")
+    downscale_delay_s: float = Field(default=600.0, ge=0, description="load below target this long removes them")
+    look_back_period_s: float = Field(default=30.0, gt=0, description="window the ongoing requests are averaged over")
+    num_cpus: float = Field(default=1.0, gt=0, le=512, description="CPUs per replica, also its torch threads")
+    num_gpus: float | None = Field(
+        default=None, ge=0, le=16, description="GPUs per replica; default 1 on cuda devices (auto: if the cluster has)"
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ReplicaScaling:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        initial = self.initial_replicas
+        if initial is not None and not self.min_replicas <= initial <= self.max_replicas:
+            raise ValueError(f"initial_replicas ({initial}) is outside min_replicas..max_replicas")
+        return self
 
 
 class ModelEntry(BaseModel):
@@ -78,6 +113,7 @@ class ModelEntry(BaseModel):
         "1, 2, 4 ... and max_batch_images when measuring, the micro_batch when given, else 1 and max_batch_images",
     )
     install: str | None = Field(default=None, description="command that installs the weights (shown in the 404)")
+    scaling: ReplicaScaling = Field(default_factory=ReplicaScaling, description="the Ray engine's replicas")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelEntry:

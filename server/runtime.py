@@ -154,6 +154,9 @@ class Runtime:
     def handles(self) -> list[ModelHandle]:
         return list(self.models.values())
 
+    async def metrics_page(self) -> bytes:
+        return self.metrics.render()
+
     def lookup(self, dataset: str, sampler: str) -> ModelHandle | None:
         return self.models.get((dataset, sampler))
 

@@ -35,6 +35,7 @@ class SeedImages:
     queue_s: float
     inference_s: float
     png_s: float  # encoding the generated images
+    replica: str | None = None  # the replica that generated the missed seeds (`X-Replica`), where known
 
     @property
     def cached(self) -> int:
@@ -80,7 +81,9 @@ async def seed_images(
     for position, png in zip(missed, fresh, strict=True):
         pngs[position] = png
     complete = [png for png in pngs if png is not None]
-    return SeedImages(addresses, complete, result.images, missed, result.queue_s, result.inference_s, png_s)
+    return SeedImages(
+        addresses, complete, result.images, missed, result.queue_s, result.inference_s, png_s, result.replica
+    )
 
 
 async def encoded_images(
@@ -98,7 +101,7 @@ async def encoded_images(
     addresses = [ImageAddress.of(dataset, info, seed, steps, png_level) for seed in seeds]
     pngs, png_s = await _encode(result, addresses, cache, pool, workers)
     every = list(range(len(seeds)))
-    return SeedImages(addresses, pngs, result.images, every, result.queue_s, result.inference_s, png_s)
+    return SeedImages(addresses, pngs, result.images, every, result.queue_s, result.inference_s, png_s, result.replica)
 
 
 async def _encode(

@@ -328,6 +328,8 @@ class GenerationService:
             "X-Weights": "random" if info.random_weights else "real",
             "X-Dtype": info.dtype,
         }
+        if result.replica is not None:
+            headers["X-Replica"] = result.replica
         channels, height, width = info.image_shape
         payload = GenerateResponse(
             request_id=request_id,

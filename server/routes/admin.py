@@ -34,11 +34,13 @@ def require_admin_key(request: Request, settings: SettingsDep) -> None:
     status_code=202,
     response_model=ReloadPlan,
     dependencies=[Depends(require_admin_key)],
-    responses={code: {"model": ErrorResponse} for code in (401, 404, 409, 422)},
+    responses={code: {"model": ErrorResponse} for code in (401, 404, 409, 422, 501)},
     summary="Re-read the registry: load added models, drain removed ones, swap changed ones once warm",
 )
 async def reload_registry(request: Request) -> ReloadPlan:
-    reloader: RegistryReloader = request.app.state.reloader
+    reloader: RegistryReloader | None = request.app.state.reloader
+    if reloader is None:
+        raise APIError(501, "not_supported", "this engine does not reload in place: redeploy its Serve application")
     try:
         return await reloader.reload()
     except RegistryError as exc:

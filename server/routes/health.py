@@ -33,5 +33,5 @@ async def readyz(engine: EngineDep) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(metrics: MetricsDep) -> Response:
-    return Response(metrics.render(), media_type=metrics.content_type)
+async def metrics(engine: EngineDep, metrics: MetricsDep) -> Response:
+    return Response(await engine.metrics_page(), media_type=metrics.content_type)
