@@ -47,7 +47,7 @@ async def test_the_ddpm_queue_admits_by_images_times_steps(tiny_models, started)
     assert "1 images queued (limit 32), 40 image-steps (limit 40)" in error_of(refused)["message"]
     assert int(refused.headers["retry-after"]) >= 1
     too_big = await client.post("/generate", json={"dataset": "mnist", "sampler": "ddpm", "n": 2, "steps": 25})
-    assert too_big.status_code == 422 and "50 image-steps exceeds" in error_of(too_big)["message"]
+    assert too_big.status_code == 400 and "50 image-steps exceeds" in error_of(too_big)["message"]
     assert (await client.post("/generate", json={"dataset": "mnist", "n": 4})).status_code == 200  # own queue
     gate.release.set()
     assert (await running).status_code == 200 and (await heavy).status_code == 200
