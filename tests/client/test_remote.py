@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ddgan.client import AsyncClient, Client, InvalidRequestError, JobFailedError, NotFoundError
+from ddgan.client import AsyncClient, BadRequestError, Client, JobFailedError, NotFoundError
 from tests.server.conftest import build_tiny_models
 from tests.server.test_uvicorn import REPO, Server, uvicorn_registry
 
@@ -42,7 +42,7 @@ def test_sync_and_async_clients_give_the_servers_images(server):
         assert image.png == generation.images[1] and image.cache == "hit" and image.etag.startswith('"')
         ddpm = client.image("mnist", 12, sampler="ddpm", steps=2)
         assert ddpm.steps == 2 and ddpm.png != image.png
-        with pytest.raises(InvalidRequestError) as invalid:
+        with pytest.raises(BadRequestError) as invalid:
             client.generate("mnist", n=3, seed=11, steps=5)
         assert invalid.value.details[0]["field"] == "body.steps" and invalid.value.request_id
         with pytest.raises(NotFoundError, match="ddgan convert netG_550.pth") as missing:

@@ -32,7 +32,7 @@ def test_warm_up_serves_the_measured_size_and_images_stay_bit_identical(tiny_mod
     costs = {1: 0.1, 2: 0.12, 4: 0.21, 8: 0.4}
     timed: list[int] = []
 
-    def fake_time(_sampler, size: int, steps: int) -> float:
+    def fake_time(_sampler, size: int, steps: int, *_progress: object) -> float:
         timed.append(size)
         return costs[size]
 
