@@ -66,7 +66,7 @@ def rowwise_affine(x: Tensor, weight_t: Tensor, bias: Tensor) -> Tensor:
     """x (B, M, in) @ weight_t (in, out) + bias, as B independent products of one shape.
 
     One (B·M, in) GEMM is not batch-invariant: BLAS kernels block the rows, and a row in a remainder block
-    is summed in another order (seen on AMD Zen 5: 2e-7 apart by slot), so an image's bits would depend on its
+    is summed in another order (seen on an AMD EPYC Zen 3: 2e-7 apart by slot), so an image's bits would depend on its
     neighbours. A batched product runs every image through the same kernel, whatever B.
     """
     return torch.baddbmm(bias, x, weight_t.expand(x.shape[0], -1, -1))

@@ -53,7 +53,7 @@ def sampler(tiny_model_dir: Path) -> Sampler:
 
 @pytest.mark.parametrize("size", [3, 5, 6])
 def test_same_batch_size_any_neighbours_and_slot_is_bit_identical(sampler: Sampler, size: int) -> None:
-    # Sizes whose rows fall in a GEMM's remainder block on some CPUs (Zen 5: 3, 5, 6 differed by 2e-7).
+    # Sizes whose rows fall in a GEMM's remainder block on some CPUs (EPYC Zen 3: 3, 5, 6 differed by 2e-7).
     first = sampler.sample([1, *range(40, 40 + size - 1)])[0]
     for slot in range(1, size):
         seeds = list(range(60, 60 + size))
