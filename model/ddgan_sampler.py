@@ -30,9 +30,9 @@ class DDGANSampler:
     def info(self) -> SamplerInfo:
         return self._info
 
-    def with_micro_batch(self, micro_batch: int | None) -> DDGANSampler:
+    def with_micro_batch(self, micro_batch: int | None, remainder_sizes: Sequence[int] = ()) -> DDGANSampler:
         """The same chain (one backend, one loaded network) with every forward pass at `micro_batch` rows."""
-        return DDGANSampler(self.config, self.run_chain, self.info.with_micro_batch(micro_batch))
+        return DDGANSampler(self.config, self.run_chain, self.info.with_micro_batch(micro_batch, remainder_sizes))
 
     def noise(self, seeds: Sequence[int]) -> ChainNoise:
         """The chain's inputs for `seeds` (CPU float32): x_T, then z_k and ξ_k per step, per image."""
@@ -44,20 +44,21 @@ class DDGANSampler:
 
         Kernels choose their algorithm by batch size, so a row can differ in the last bits between batch sizes
         (never between slots or neighbours at one size): with `micro_batch` every forward pass has exactly
-        that many rows, and an image is bit-identical alone or in any batch.
+        that many rows, or one of the `remainder_sizes` verified to give the same bits, and an image is
+        bit-identical alone or in any batch.
         """
-        rows, size = noise.x_T.shape[0], self.info.micro_batch or noise.x_T.shape[0]
-        steps = self.info.default_steps
-        chunks = range(0, rows, size)
-        outputs = []
-        for number, start in enumerate(chunks, start=1):
+        rows, steps = noise.x_T.shape[0], self.info.default_steps
+        passes = self.info.forward_passes(rows)
+        outputs, start = [], 0
+        for number, size in enumerate(passes, start=1):
             count = min(size, rows - start)
             index = torch.arange(start, start + size).clamp(max=rows - 1)  # pad with the last row
             inputs = ChainNoise(noise.x_T[index], noise.z[:, index], noise.noise[:, index])
             x_0 = self.run_chain(*inputs.to(self.device, torch.float32))
             outputs.append(x_0[:count].float().cpu())
+            start += count
             if progress is not None:
-                progress(number * steps, len(chunks) * steps)
+                progress(number * steps, len(passes) * steps)
         return torch.cat(outputs)
 
     def sample(

@@ -66,9 +66,9 @@ class DDPMSampler:
     def info(self) -> SamplerInfo:
         return self._info
 
-    def with_micro_batch(self, micro_batch: int | None) -> DDPMSampler:
+    def with_micro_batch(self, micro_batch: int | None, remainder_sizes: Sequence[int] = ()) -> DDPMSampler:
         """The same UNet (shared, not copied) with every UNet call padded to `micro_batch` rows."""
-        return DDPMSampler(self.unet, self.scheduler_config, self.info.with_micro_batch(micro_batch))
+        return DDPMSampler(self.unet, self.scheduler_config, self.info.with_micro_batch(micro_batch, remainder_sizes))
 
     def scheduler(self, steps: int | None = None) -> DDPMScheduler:
         """A fresh scheduler set to `steps` (a new one per call: `set_timesteps` mutates it)."""
@@ -118,14 +118,15 @@ class DDPMSampler:
         with the batch size (never with its slot or its neighbours at a fixed size). Padding every call to
         `micro_batch` rows makes each image bit-identical alone or in any batch, at the cost of the padding.
         """
-        size = self.info.micro_batch
-        if size is None:
+        if self.info.micro_batch is None:
             return self.unet(x_t.to(self.dtype), t).sample.float()
-        chunks = []
-        for rows, times in zip(x_t.split(size), t.split(size), strict=True):
+        chunks, start = [], 0
+        for size in self.info.forward_passes(x_t.shape[0]):
+            rows, times = x_t[start : start + size], t[start : start + size]
             count = rows.shape[0]
             if count < size:
                 rows = torch.cat([rows, rows[:1].expand(size - count, *rows.shape[1:])])
                 times = torch.cat([times, times[:1].expand(size - count)])
             chunks.append(self.unet(rows.to(self.dtype), times).sample.float()[:count])
+            start += count
         return torch.cat(chunks)

@@ -4,13 +4,14 @@ The generator maps (x_{t+1}, t, z) to x̂_0. Module construction order and attri
 keys, which equal the official released checkpoints' keys (ddgan-spec §2.4-2.5), so `netG_*.pth` files load
 with `strict=True`. FIR resampling is expressed as depthwise convolutions (spec §2.3) and attention uses the
 fused `scaled_dot_product_attention`; both are exact re-expressions of the reference maths and export to ONNX.
-On CPU, large activations run channels_last (`cpu_layout`). `bench/official_style.py` is the
+On CPU, activations of 16x16 and more run channels_last (`cpu_layout`). `bench/official_style.py` is the
 reference-style implementation that `ddgan bench sampler` measures this module against.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,12 +27,21 @@ def _num_groups(channels: int) -> int:
 
 
 def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
-    """GroupNorm with statistics in float32 whatever the activation dtype (fp16/bf16 GroupNorm loses accuracy)."""
+    """GroupNorm with statistics in float32 whatever the activation dtype (fp16/bf16 GroupNorm loses accuracy).
+
+    On CPU the statistics of a channels_last x are taken in NCHW: the channels_last kernel splits its reductions
+    over batch x pixels between threads, so an image's bits would depend on its batch size and slot; the NCHW
+    kernel reduces each (image, group) alone. The result comes back in x's layout.
+    """
+    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    source = x.contiguous() if x.device.type == "cpu" and x.dim() == 4 else x
     if x.dtype == torch.float32:
-        return F.group_norm(x, num_groups, weight, bias, eps=_GN_EPS)
-    w = None if weight is None else weight.float()
-    b = None if bias is None else bias.float()
-    return F.group_norm(x.float(), num_groups, w, b, eps=_GN_EPS).to(x.dtype)
+        y = F.group_norm(source, num_groups, weight, bias, eps=_GN_EPS)
+    else:
+        w = None if weight is None else weight.float()
+        b = None if bias is None else bias.float()
+        y = F.group_norm(source.float(), num_groups, w, b, eps=_GN_EPS).to(x.dtype)
+    return y.contiguous(memory_format=layout) if source is not x else y
 
 
 class FP32GroupNorm(nn.GroupNorm):
@@ -54,8 +64,31 @@ def _variance_scaling_(weight: Tensor, scale: float = 1.0) -> None:
         weight.uniform_(-bound, bound)
 
 
+def _tracing() -> bool:
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+class Conv2d(nn.Conv2d):
+    """`nn.Conv2d` (same weights and names) that convolves every CPU batch with oneDNN.
+
+    PyTorch sends a one-image (and, on one thread, a 1x1) convolution to its own im2col kernel and larger ones
+    to oneDNN; the two round differently, so an image's bits would change with its batch size. Traced graphs
+    (torch.compile, ONNX) keep the plain op.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or _tracing():
+            return super().forward(x)
+        padding = [int(p) for p in self.padding] if not isinstance(self.padding, str) else None
+        if padding is None or self.padding_mode != "zeros":
+            return super().forward(x)
+        return torch.ops.aten.mkldnn_convolution(
+            x, self.weight, self.bias, padding, list(self.stride), list(self.dilation), self.groups
+        )
+
+
 def conv2d(in_ch: int, out_ch: int, kernel: int, init_scale: float = 1.0, bias: bool = True) -> nn.Conv2d:
-    conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias)
+    conv = Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=bias)
     _variance_scaling_(conv.weight, init_scale)
     if conv.bias is not None:
         nn.init.zeros_(conv.bias)
@@ -139,17 +172,39 @@ class _PlainConv(nn.Module):
 # Embeddings and normalisation.
 
 
+# Elementwise CPU kernels run a tensor in vector chunks of up to 64 values and its tail (numel mod chunk) through
+# scalar code whose exp/sin differ from the vector ones in the last bit, so in a (B, F) activation the rows that
+# fall in the tail would change with the batch size and slot. Rows padded to a multiple of this never leave a tail.
+_ROW_LANES = 64
+
+
+def rowwise(op: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """op(x) for a (B, F) x, computed with every row in full vector chunks (see `_ROW_LANES`)."""
+    pad = (-x.shape[-1]) % _ROW_LANES
+    if x.dim() != 2 or pad == 0:
+        return op(x)
+    return op(F.pad(x, (0, pad)))[:, : x.shape[-1]]
+
+
+class RowSiLU(nn.SiLU):
+    """`nn.SiLU` (no parameters) whose (B, F) rows do not depend on their batch: see `rowwise`."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rowwise(F.silu, x)
+
+
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     """Sinusoidal embedding of the integer step index: [sin(t f_k), cos(t f_k)], f_k = 10000^(-k/(half-1))."""
     half = dim // 2
     freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(10000) / (half - 1)))
     angles = t.float()[:, None] * freqs[None, :]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    return torch.cat([rowwise(torch.sin, angles), rowwise(torch.cos, angles)], dim=1)
 
 
 class PixelNorm(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
-        return z * torch.rsqrt(torch.mean(z * z, dim=1, keepdim=True) + 1e-8)
+        # sqrt and division round exactly in vector and scalar code alike (rsqrt need not): see `rowwise`
+        return z / torch.sqrt(torch.mean(z * z, dim=1, keepdim=True) + 1e-8)
 
 
 class AdaptiveGroupNorm(nn.Module):
@@ -265,17 +320,18 @@ class AttnBlock(nn.Module):
 # The generator.
 
 # On CPU, oneDNN convolves channels_last (NHWC) activations without reordering them, and the FIR depthwise convs
-# and the attention's (B, HW, C) view get cheaper; for small activations (batch x pixels below ~4096, e.g. 8x8 at
-# batch 16 or 32x32 at batch 1) NCHW convolutions are faster (measured with torch 2.13 / oneDNN 3.12, fp32).
-_CHANNELS_LAST_MIN_PIXELS = 4096
+# and the attention's (B, HW, C) view get cheaper; at 8x8 and below NCHW is faster. The layout depends on the image
+# size only, never on the batch: a batch-dependent layout changes which kernels run, hence an image's last bits
+# with its batch size (server/warmup.py keeps every size whose bits agree). Measured with torch 2.13 / oneDNN 3.12,
+# fp32, 2 threads, AMD EPYC Zen 4 (docs/benchmarks.md): 1.2x the old batch x pixels rule on mnist at batch 32.
+_CHANNELS_LAST_MIN_PIXELS = 256
 
 
 def cpu_layout(h: Tensor) -> Tensor:
-    """h in the faster memory layout for its size on CPU; unchanged on other devices and while exporting."""
-    batch = h.shape[0]
-    if h.device.type != "cpu" or not isinstance(batch, int):  # a symbolic batch: keep the traced graph layout-free
+    """h in the faster memory layout for its image size on CPU; unchanged on other devices and while exporting."""
+    if h.device.type != "cpu" or not isinstance(h.shape[0], int):  # a symbolic batch: keep the graph layout-free
         return h
-    large = batch * h.shape[-2] * h.shape[-1] >= _CHANNELS_LAST_MIN_PIXELS
+    large = h.shape[-2] * h.shape[-1] >= _CHANNELS_LAST_MIN_PIXELS
     return h.contiguous(memory_format=torch.channels_last if large else torch.contiguous_format)
 
 
@@ -336,9 +392,9 @@ class NCSNpp(nn.Module):
         self.all_modules = nn.ModuleList(modules)
         self._plan = plan
 
-        mapping: list[nn.Module] = [PixelNorm(), dense(g.nz, g.z_emb_dim), nn.SiLU()]
+        mapping: list[nn.Module] = [PixelNorm(), dense(g.nz, g.z_emb_dim), RowSiLU()]
         for _ in range(g.n_mlp):
-            mapping += [dense(g.z_emb_dim, g.z_emb_dim), nn.SiLU()]
+            mapping += [dense(g.z_emb_dim, g.z_emb_dim), RowSiLU()]
         self.z_transform = nn.Sequential(*mapping)
 
     def forward(self, x: Tensor, t: Tensor, z: Tensor) -> Tensor:
@@ -346,8 +402,8 @@ class NCSNpp(nn.Module):
         m = self.all_modules
         z_emb = self.z_transform(z)
         # x's dtype, not z_emb's: an fp16 export keeps the z path float32 and the time MLP float16
-        temb = m[1](F.silu(m[0](timestep_embedding(t, self.config.num_channels_dae).to(x.dtype))))
-        temb_act = F.silu(temb)  # every ResBlock's Dense_0 reads act(temb)
+        temb = m[1](rowwise(F.silu, m[0](timestep_embedding(t, self.config.num_channels_dae).to(x.dtype))))
+        temb_act = rowwise(F.silu, temb)  # every ResBlock's Dense_0 reads act(temb)
 
         x = cpu_layout(x)
         pyramid = x

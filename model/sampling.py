@@ -42,6 +42,18 @@ class SamplingStoppedError(Exception):
     """Raised by a progress hook to stop a `sample` call between two denoising iterations."""
 
 
+def forward_passes(rows: int, micro_batch: int | None, remainder_sizes: Sequence[int] = ()) -> list[int]:
+    """The padded row count of each forward pass of a call of `rows` images: full `micro_batch` passes, then the
+    last one padded to the smallest of `remainder_sizes` that holds it, else to `micro_batch` (None: one pass)."""
+    if rows <= 0:
+        return []
+    if micro_batch is None:
+        return [rows]
+    full, rest = divmod(rows, micro_batch)
+    last = [min((size for size in remainder_sizes if size >= rest), default=micro_batch)] if rest else []
+    return [micro_batch] * full + last
+
+
 @dataclass(frozen=True)
 class SamplerInfo:
     """What a sampler is: enough to label its images, metrics and cache keys."""
@@ -58,6 +70,9 @@ class SamplerInfo:
     micro_batch: int | None  # every forward pass runs exactly this many rows (None: the whole call at once)
     random_weights: bool
     weights_digest: str  # sha256 of the weights: with backend, dtype and device type it fixes every image
+    # Smaller pass sizes whose rows were verified bit-identical to a `micro_batch` pass (warm-up checks them):
+    # a call's last pass pads only up to the smallest of these that holds its rows.
+    remainder_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_steps <= self.default_steps <= self.max_steps:
@@ -67,9 +82,19 @@ class SamplerInfo:
             )
         if self.micro_batch is not None and self.micro_batch < 1:
             raise SamplerError(f"micro_batch must be >= 1, got {self.micro_batch}")
+        if self.remainder_sizes and (
+            self.micro_batch is None or not all(0 < size < self.micro_batch for size in self.remainder_sizes)
+        ):
+            raise SamplerError(
+                f"remainder_sizes {self.remainder_sizes} must lie in 1..micro_batch-1 (micro_batch={self.micro_batch})"
+            )
 
-    def with_micro_batch(self, micro_batch: int | None) -> SamplerInfo:
-        return replace(self, micro_batch=micro_batch)
+    def with_micro_batch(self, micro_batch: int | None, remainder_sizes: Sequence[int] = ()) -> SamplerInfo:
+        return replace(self, micro_batch=micro_batch, remainder_sizes=tuple(sorted(set(remainder_sizes))))
+
+    def forward_passes(self, rows: int) -> list[int]:
+        """The padded row count of each forward pass of a call of `rows` images (see `forward_passes`)."""
+        return forward_passes(rows, self.micro_batch, self.remainder_sizes)
 
     @property
     def fixed_steps(self) -> bool:
@@ -112,6 +137,7 @@ class Sampler(Protocol):
         """Images (B, C, H, W) float32 on the CPU in [-1, 1]; image i depends on seeds[i] and its steps alone."""
         ...
 
-    def with_micro_batch(self, micro_batch: int | None) -> Sampler:
-        """A new sampler on the same loaded network and backend whose forward passes run `micro_batch` rows."""
+    def with_micro_batch(self, micro_batch: int | None, remainder_sizes: Sequence[int] = ()) -> Sampler:
+        """A new sampler on the same loaded network and backend whose forward passes run `micro_batch` rows (a
+        call's last pass: the smallest of `remainder_sizes` that holds it, when those were verified to agree)."""
         ...

@@ -137,7 +137,8 @@ class ModelEntry(BaseModel):
     warmup_batch_sizes: tuple[int, ...] | None = Field(
         default=None,
         description="the batch sizes warm-up runs (the micro-batch candidates when it measures one); default: "
-        "1, 2, 4 ... and max_batch_images when measuring, the micro_batch when given, else 1 and max_batch_images",
+        "1, 2, 4 ... and max_batch_images when measuring (1, 2, 4 ... and micro_batch when that is given: the "
+        "remainder candidates), else 1 and max_batch_images",
     )
     install: str | None = Field(default=None, description="command that installs the weights (shown in the 404)")
     scaling: ReplicaScaling = Field(default_factory=ReplicaScaling, description="the Ray engine's replicas")
@@ -189,11 +190,10 @@ class ModelEntry(BaseModel):
         """The batch sizes warm-up runs (when it measures the micro-batch: the candidates, ascending)."""
         if self.warmup_batch_sizes:
             return tuple(sorted(set(self.warmup_batch_sizes)))
-        if self.micro_batch is not None:
-            return (self.micro_batch,)
-        if self.measures_micro_batch:
-            powers = [2**k for k in range(self.max_batch_images.bit_length()) if 2**k < self.max_batch_images]
-            return (*powers, self.max_batch_images)
+        if self.batch_invariant:  # candidates, or a pinned micro_batch and its smaller remainder candidates
+            largest = self.micro_batch or self.max_batch_images
+            powers = [2**k for k in range(largest.bit_length()) if 2**k < largest]
+            return (*powers, largest)
         return tuple(sorted({1, self.max_batch_images}))
 
     def install_hint(self) -> str:

@@ -313,7 +313,7 @@ class Runtime:
             max_wait_s=entry.max_wait_ms / 1000,
             max_queue_units=entry.max_queue_images,
             max_queue_work=entry.max_queue_work or entry.max_queue_images * info.max_steps,
-            batch_cost=image_batch_cost(info.micro_batch),
+            batch_cost=image_batch_cost(info.micro_batch, info.remainder_sizes),
             aging_s=entry.aging_ms / 1000,
             observer=self.metrics.queue_observer(entry.dataset, entry.sampler),
         )
@@ -324,7 +324,8 @@ class Runtime:
         )
         served.state, served.reason = ModelState.READY, None
         logger.info(
-            "%s ready: backend=%s device=%s dtype=%s weights=%s micro_batch=%s (%s) workers=%s threads=%s nice=%d "
+            "%s ready: backend=%s device=%s dtype=%s weights=%s micro_batch=%s remainder_sizes=%s (%s) workers=%s "
+            "threads=%s nice=%d "
             "warm-up %s",
             entry.name,
             info.backend,
@@ -332,6 +333,7 @@ class Runtime:
             info.dtype,
             "random" if info.random_weights else "real",
             info.micro_batch,
+            list(info.remainder_sizes),
             served.micro_batch_choice or "batch_invariant = false",
             ",".join(labels),
             threads or "default",
@@ -352,9 +354,9 @@ class Runtime:
             else without_warm_up
         )
         first = warm(entry, samplers[0])
-        chosen = first.sampler.info.micro_batch
+        chosen, remainders = first.sampler.info.micro_batch, first.sampler.info.remainder_sizes
         others = [
-            warm(entry, s.with_micro_batch(chosen) if chosen and s.info.micro_batch is None else s)
+            warm(entry, s.with_micro_batch(chosen, remainders) if chosen and s.info.micro_batch is None else s)
             for s in samplers[1:]
         ]
         return [first, *others]

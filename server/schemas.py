@@ -92,6 +92,11 @@ class ModelInfo(BaseModel):
     micro_batch: int | None = Field(
         description="rows of every forward pass (batch-invariant models; null: each batch runs whole)"
     )
+    remainder_sizes: list[int] = Field(
+        default_factory=list,
+        description="smaller forward-pass sizes verified at warm-up to give the micro_batch's bits: a batch's last "
+        "pass is padded only up to the smallest of these that holds it",
+    )
     micro_batch_choice: str | None = Field(description="how micro_batch was chosen: measured at warm-up, registry")
     warmup_ms_per_image: dict[str, float] | None = Field(description="warm-up: batch size -> ms per image")
     max_wait_ms: float

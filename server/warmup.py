@@ -7,6 +7,11 @@ little and a full batch nothing. Warm-up times the candidate sizes on the unpadd
 smallest whose images/s is within `MICRO_BATCH_TOLERANCE` of the best. The choice is a measurement: two
 processes may pick different sizes, and images agree bit for bit only at one size, so the size is reported
 (/v1/models, the log) and a registry `micro_batch = N` pins it across replicas.
+
+Padding a one-image request to a full micro-batch still costs it the whole pass, so warm-up also compares the
+rows: every smaller timed size whose images are bit-identical to the micro-batch's (on the same seeds) becomes
+a `remainder_size`, and a call's last pass pads only up to the smallest of those that holds it. Which sizes
+agree is a property of the kernels on this device and thread count (measured, never assumed).
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import torch
+from torch import Tensor
 
 from ddgan.model.sampler import Progress, Sampler
 from ddgan.server.registry import ModelEntry
@@ -52,17 +60,27 @@ def pick_micro_batch(seconds: Mapping[int, float], tolerance: float = MICRO_BATC
     return min(size for size, rate in rates.items() if rate >= (1 - tolerance) * best)
 
 
-def time_batch(sampler: Sampler, size: int, steps: int, progress: Progress | None = None) -> float:
-    """Seconds of the fastest of up to MAX_RUNS calls at `size` images (fewer once MIN_TIMED_S is spent)."""
-    fastest, spent = float("inf"), 0.0
+def time_batch(sampler: Sampler, size: int, steps: int, progress: Progress | None = None) -> tuple[float, Tensor]:
+    """Seconds of the fastest of up to MAX_RUNS calls at `size` images (fewer once MIN_TIMED_S is spent), and
+    the images of seeds 0..size-1."""
+    fastest, spent, images = float("inf"), 0.0, None
     for _ in range(MAX_RUNS):
         started = time.perf_counter()
-        sampler.sample(list(range(size)), steps=steps, progress=progress)
+        images = sampler.sample(list(range(size)), steps=steps, progress=progress)
         elapsed = time.perf_counter() - started
         fastest, spent = min(fastest, elapsed), spent + elapsed
         if spent >= MIN_TIMED_S:
             break
-    return fastest
+    assert images is not None
+    return fastest, images
+
+
+def agreeing_sizes(images: Mapping[int, Tensor], reference: int) -> list[int]:
+    """The sizes below `reference` whose images equal, bit for bit, the first rows of the reference size's."""
+    expected = images[reference]
+    return sorted(
+        size for size, rows in images.items() if size < reference and torch.equal(rows, expected[: rows.shape[0]])
+    )
 
 
 def warm_up(entry: ModelEntry, sampler: Sampler, progress: Progress | None = None) -> WarmedUp:
@@ -70,13 +88,23 @@ def warm_up(entry: ModelEntry, sampler: Sampler, progress: Progress | None = Non
     `progress` is every call's hook: it may raise `SamplingStoppedError` to abandon the warm-up (shutdown)."""
     info = sampler.info
     steps = max(info.min_steps, min(WARMUP_STEPS, info.default_steps))
-    sampler.sample([0], steps=steps, progress=progress)  # the cold call: lazy initialisation, allocator growth
-    seconds = {size: time_batch(sampler, size, steps, progress) for size in entry.batch_sizes}
-    if entry.measures_micro_batch and info.micro_batch is None:
+    if not entry.batch_invariant:
+        sampler.sample([0], steps=steps, progress=progress)  # the cold call: lazy initialisation, allocator growth
+        seconds = {size: time_batch(sampler, size, steps, progress)[0] for size in entry.batch_sizes}
+        return WarmedUp(sampler, seconds, None, steps)
+    raw = sampler.with_micro_batch(None)  # every size at its own shape: its speed, and its bits
+    raw.sample([0], steps=steps, progress=progress)
+    timed = {size: time_batch(raw, size, steps, progress) for size in entry.batch_sizes}
+    seconds = {size: elapsed for size, (elapsed, _) in timed.items()}
+    images = {size: rows for size, (_, rows) in timed.items()}
+    if info.micro_batch is None:
         chosen = pick_micro_batch(seconds)
-        choice = f"measured: the smallest of {list(seconds)} within {MICRO_BATCH_TOLERANCE:.0%} of the best images/s"
-        return WarmedUp(sampler.with_micro_batch(chosen), seconds, choice, steps)
-    return WarmedUp(sampler, seconds, "registry" if info.micro_batch is not None else None, steps)
+        how = f"measured: the smallest of {list(seconds)} within {MICRO_BATCH_TOLERANCE:.0%} of the best images/s"
+    else:
+        chosen, how = info.micro_batch, "registry"
+    remainders = agreeing_sizes(images, chosen) if chosen in images else []
+    choice = f"{how}; last passes of {remainders or 'no smaller size'} (bit-identical rows)"
+    return WarmedUp(sampler.with_micro_batch(chosen, remainders), seconds, choice, steps)
 
 
 def without_warm_up(entry: ModelEntry, sampler: Sampler) -> WarmedUp:

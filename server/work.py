@@ -10,7 +10,6 @@ on the images still running, each forward pass padded to the sampler's `micro_ba
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -19,6 +18,7 @@ import numpy as np
 
 from ddgan.model.images import to_uint8
 from ddgan.model.sampler import Progress, Sampler, SamplingStoppedError
+from ddgan.model.sampling import forward_passes
 from ddgan.server.tickets import BatchCost, Slice
 
 
@@ -83,27 +83,29 @@ def run_image_batch(sampler: Sampler, slices: list[Slice], progress: Progress | 
     return list(np.split(images, bounds))
 
 
-def padded_image_steps(steps_per_image: Sequence[int], micro_batch: int | None) -> float:
+def padded_image_steps(
+    steps_per_image: Sequence[int], micro_batch: int | None, remainder_sizes: Sequence[int] = ()
+) -> float:
     """Image-steps one sampler call computes: iteration k runs the images with more than k steps, in forward
-    passes of exactly `micro_batch` rows (the last one padded) when the sampler has one."""
+    passes of `micro_batch` rows (the last one padded, see `model.sampling.forward_passes`) when it has one."""
     counts = sorted(steps_per_image)
     total, done_iterations = 0, 0
     for finished, steps in enumerate(counts):
         # Iterations done_iterations .. steps-1 run the images from index `finished` on.
         active = len(counts) - finished
-        rows = math.ceil(active / micro_batch) * micro_batch if micro_batch else active
+        rows = sum(forward_passes(active, micro_batch, remainder_sizes))
         total += (steps - done_iterations) * rows
         done_iterations = steps
     return float(total)
 
 
-def image_batch_cost(micro_batch: int | None) -> BatchCost:
-    """The queue's `batch_cost` for image slices run by a sampler with this `micro_batch`."""
+def image_batch_cost(micro_batch: int | None, remainder_sizes: Sequence[int] = ()) -> BatchCost:
+    """The queue's `batch_cost` for image slices run by a sampler with this `micro_batch` (and remainders)."""
 
     def cost(slices: Sequence[Slice]) -> float:
         steps: list[int] = []
         for piece in slices:
             steps += [piece.payload.steps] * piece.count
-        return padded_image_steps(steps, micro_batch)
+        return padded_image_steps(steps, micro_batch, remainder_sizes)
 
     return cost

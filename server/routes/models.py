@@ -31,6 +31,7 @@ def describe(served: ModelHandle, settings_device: str | None) -> ModelInfo:
         weights=("random" if info.random_weights else "real") if info else None,
         max_batch_images=entry.max_batch_images,
         micro_batch=info.micro_batch if info else entry.micro_batch,
+        remainder_sizes=list(info.remainder_sizes) if info else [],
         micro_batch_choice=served.micro_batch_choice,
         warmup_ms_per_image={str(size): round(s * 1000 / size, 3) for size, s in served.warmup.items()} or None,
         max_wait_ms=entry.max_wait_ms,

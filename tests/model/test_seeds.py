@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddgan.model.ddgan_sampler import DDGANSampler
 from ddgan.model.noise import MAX_SEED, chain_noise, image_generators, image_seeds
-from ddgan.model.sampler import Sampler, StepsError, open_sampler
+from ddgan.model.sampler import Sampler, SamplerError, StepsError, open_sampler
+from ddgan.model.sampling import forward_passes
 
 from .conftest import TINY_CONFIG
 
@@ -51,14 +53,45 @@ def sampler(tiny_model_dir: Path) -> Sampler:
     return open_sampler(tiny_model_dir)
 
 
-@pytest.mark.parametrize("size", [3, 5, 6])
+@pytest.mark.parametrize("size", [3, 5, 6, 33, 40])
 def test_same_batch_size_any_neighbours_and_slot_is_bit_identical(sampler: Sampler, size: int) -> None:
-    # Sizes whose rows fall in a GEMM's remainder block on some CPUs (EPYC Zen 3: 3, 5, 6 differed by 2e-7).
+    # Sizes whose rows fall in a GEMM's remainder block on some CPUs (EPYC Zen 3: 3, 5, 6 differed by 2e-7), or
+    # in an elementwise kernel's scalar tail (AVX-512 EPYC Zen 4: the (B, 8) SiLU of the z mapping at 5).
     first = sampler.sample([1, *range(40, 40 + size - 1)])[0]
     for slot in range(1, size):
         seeds = list(range(60, 60 + size))
         seeds[slot] = 1
         assert torch.equal(sampler.sample(seeds)[slot], first), f"slot {slot} of {size}"
+
+
+def test_forward_passes_pad_only_the_last_pass_to_the_smallest_size_that_holds_it() -> None:
+    assert forward_passes(5, None) == [5] and forward_passes(0, 4) == []
+    assert forward_passes(9, 4) == [4, 4, 4]  # no remainder sizes: the last pass is a full micro-batch
+    assert forward_passes(9, 4, (1, 2)) == [4, 4, 1]
+    assert forward_passes(11, 4, (1, 2)) == [4, 4, 4]  # 3 left: no verified size below 4 holds it
+    assert forward_passes(1, 32, (2, 8)) == [2]
+
+
+def test_a_call_runs_full_micro_batches_then_the_smallest_remainder_size(tiny_model_dir: Path) -> None:
+    plain = open_sampler(tiny_model_dir)
+    assert isinstance(plain, DDGANSampler)
+    rows: list[int] = []
+
+    def recording(x_T: torch.Tensor, z: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        rows.append(x_T.shape[0])
+        return plain.run_chain(x_T, z, noise)
+
+    exact = DDGANSampler(plain.config, recording, plain.info.with_micro_batch(4, (1, 2)))
+    assert exact.info.remainder_sizes == (1, 2)
+    seeds = [10, 11, 12, 13, 14, 15]
+    images = exact.sample(seeds)
+    assert rows == [4, 2] and images.shape[0] == 6
+    torch.testing.assert_close(images, plain.sample(seeds), rtol=0, atol=1e-5)
+    rows.clear()
+    exact.sample(seeds[:3])
+    assert rows == [4]  # 3 rows: no remainder size below 4 holds them, so one padded micro-batch
+    with pytest.raises(SamplerError):
+        plain.with_micro_batch(4, (4,))  # a remainder size is smaller than the micro-batch
 
 
 def test_micro_batch_makes_an_image_bit_identical_alone_or_in_any_batch(sampler: Sampler, tiny_model_dir: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -130,8 +130,8 @@ class WrappedSampler:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def with_micro_batch(self, micro_batch: int | None) -> WrappedSampler:
-        wrapped = WrappedSampler(self.inner.with_micro_batch(micro_batch), self.poison_seed, self.gate)
+    def with_micro_batch(self, micro_batch: int | None, remainder_sizes: Sequence[int] = ()) -> WrappedSampler:
+        wrapped = WrappedSampler(self.inner.with_micro_batch(micro_batch, remainder_sizes), self.poison_seed, self.gate)
         wrapped.calls = self.calls  # one record of the calls, whichever sampler serves
         return wrapped
 

@@ -28,7 +28,8 @@ def test_defaults_and_relative_paths(tmp_path):
     assert entry.batch_invariant and entry.micro_batch is None and entry.measures_micro_batch
     assert entry.batch_sizes == (1, 2, 4, 8, 16)
     assert entry.model_copy(update={"max_batch_images": 24}).batch_sizes == (1, 2, 4, 8, 16, 24)
-    assert entry.model_copy(update={"micro_batch": 4}).batch_sizes == (4,)  # the one forward size: nothing else
+    # a pinned forward size, and the smaller sizes warm-up checks as remainder passes
+    assert entry.model_copy(update={"micro_batch": 4}).batch_sizes == (1, 2, 4)
     assert entry.model_copy(update={"batch_invariant": False}).batch_sizes == (1, 16)
     assert registry.get("mnist", "ddgan") is entry and registry.get("mnist", "ddpm") is None
 

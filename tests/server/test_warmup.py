@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -32,9 +34,9 @@ def test_warm_up_serves_the_measured_size_and_images_stay_bit_identical(tiny_mod
     costs = {1: 0.1, 2: 0.12, 4: 0.21, 8: 0.4}
     timed: list[int] = []
 
-    def fake_time(_sampler, size: int, steps: int, *_progress: object) -> float:
+    def fake_time(raw, size: int, steps: int, *_progress: object) -> tuple[float, torch.Tensor]:
         timed.append(size)
-        return costs[size]
+        return costs[size], raw.sample(list(range(size)), steps=steps)
 
     monkeypatch.setattr(warmup, "time_batch", fake_time)
     warmed = warm_up(entry, sampler)
@@ -52,6 +54,41 @@ def test_warm_up_serves_the_measured_size_and_images_stay_bit_identical(tiny_mod
     assert without_warm_up(pinned, load_entry(pinned)).micro_batch_choice == "registry"
 
 
+class SizeDependentSampler:
+    """A real sampler whose one-image calls come out 1 ulp off, as a kernel that rounds differently at batch 1."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    @property
+    def info(self) -> Any:
+        return self.inner.info
+
+    def with_micro_batch(self, micro_batch: int | None, remainder_sizes: Sequence[int] = ()) -> Any:
+        return SizeDependentSampler(self.inner.with_micro_batch(micro_batch, remainder_sizes))
+
+    def sample(self, seeds: Sequence[int], **kwargs: Any) -> torch.Tensor:
+        images = self.inner.sample(seeds, **kwargs)
+        passes = self.info.forward_passes(len(seeds))
+        return torch.nextafter(images, torch.full_like(images, 2.0)) if passes[-1] == 1 else images
+
+
+def test_warm_up_keeps_only_the_smaller_sizes_whose_bits_agree(tiny_models: Path, monkeypatch) -> None:
+    entry = load_registry(write_registry(tiny_models)).get("mnist", "ddgan")
+    assert entry is not None and entry.batch_sizes == (1, 2, 4, 8)
+    monkeypatch.setattr(warmup, "pick_micro_batch", lambda seconds: 8)  # the timing is not under test
+    real = warm_up(entry, load_entry(entry))
+    assert real.sampler.info.micro_batch == 8
+    skewed = warm_up(entry, SizeDependentSampler(load_entry(entry)))
+    # whatever the kernels of this CPU agree on, size 1 (skewed) is never a remainder; the others are checked
+    assert 1 not in skewed.sampler.info.remainder_sizes
+    assert set(skewed.sampler.info.remainder_sizes) == set(real.sampler.info.remainder_sizes) - {1}
+    assert "bit-identical" in skewed.micro_batch_choice
+    served = skewed.sampler
+    batch = served.sample(list(range(20, 29)))  # a full pass of 8, then one image in the smallest remainder
+    assert torch.equal(served.sample([28]), batch[8:9]) and torch.equal(served.sample([20, 21]), batch[:2])
+
+
 @pytest.mark.asyncio(loop_scope="module")
 async def test_models_endpoint_reports_the_micro_batch_and_the_resolved_dtype(tiny_models: Path, started) -> None:
     registry = write_registry(tiny_models, ddgan={"dtype": "auto"}, ddpm={"micro_batch": 2})
@@ -60,11 +97,8 @@ async def test_models_endpoint_reports_the_micro_batch_and_the_resolved_dtype(ti
     ddgan, ddpm = models["ddgan"], models["ddpm"]
     assert ddgan["micro_batch"] in (1, 2, 4, 8) and ddgan["micro_batch_choice"].startswith("measured")
     assert set(ddgan["warmup_ms_per_image"]) == {"1", "2", "4", "8"}
-    assert (ddpm["micro_batch"], ddpm["micro_batch_choice"], list(ddpm["warmup_ms_per_image"])) == (
-        2,
-        "registry",
-        ["2"],
-    )
+    assert (ddpm["micro_batch"], list(ddpm["warmup_ms_per_image"])) == (2, ["1", "2"])
+    assert ddpm["micro_batch_choice"].startswith("registry") and ddpm["remainder_sizes"] in ([], [1])
     # One seed, the same PNG bytes alone and inside a larger request (which spans several micro-batches).
     alone = (await client.post("/generate", json={"dataset": "mnist", "n": 1, "seed": 41})).json()
     many = (await client.post("/generate", json={"dataset": "mnist", "n": 7, "seed": 37})).json()

@@ -24,6 +24,10 @@ def test_padded_image_steps_counts_each_iteration_at_its_padded_size():
     assert padded_image_steps([2] * 5, 4) == 2 * 8  # 5 images: two passes of 4
     assert padded_image_steps(list(range(50, 58)), 8) == 57 * 8
     assert padded_image_steps([], 8) == 0
+    # remainder sizes: the last pass pads only up to the smallest verified size that holds it
+    assert padded_image_steps([2] * 5, 4, (1, 2)) == 2 * (4 + 1)
+    assert padded_image_steps([2] * 7, 4, (1, 2)) == 2 * (4 + 4)  # 3 left over: no verified size below 4 holds it
+    assert padded_image_steps([1, 3], 4, (1, 2)) == 1 * 2 + 2 * 1  # iteration 0: two rows; then one
 
 
 class CountingSampler:
