@@ -3,7 +3,10 @@
 `limited_http_protocol` is uvicorn's httptools protocol with a limit on the size of a request's head (request
 line + headers, answered 431) and on the time its head may take to arrive (408; slowloris clients that open
 connections and trickle headers). Keep-alive idle time and the number of concurrent connections are uvicorn's
-own settings; a stalled body is timed out by the app (`server.middleware.BodySizeLimitMiddleware`).
+own settings; past the connection limit uvicorn's plain-text 503 is replaced by our JSON `overloaded` error with a
+jittered Retry-After, and the health probes (`/healthz`, `/readyz`) are still answered (an orchestrator must not
+restart a server for being busy). A stalled body is timed out by the app
+(`server.middleware.BodySizeLimitMiddleware`).
 
 uvicorn waits for open connections (`timeout_graceful_shutdown`), cancels what still runs, and only then runs the
 app's lifespan shutdown. `ShutdownAwareServer` tells the engine when the signal arrives, so the engine refuses
@@ -16,18 +19,40 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.flow_control import service_unavailable
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from ddgan.server.errors import error_body
 
 # Past the engine's deadline: time for the 503 answers to be written before uvicorn cancels what is left.
 ANSWER_GRACE_S = 1.0
+# Answered even past the connection limit: they do no work, and failing them would get a busy server killed.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
+# Retry-After past the connection limit: a connection frees within about one request's time; the jitter spreads
+# the retries of a burst over a few seconds instead of one instant.
+CONNECTION_RETRY_AFTER_S = (1, 5)
+
+
+async def connection_limit_reached(scope: Any, receive: Any, send: Any) -> None:
+    """uvicorn's `limit_concurrency` answer, in the server's error shape."""
+    body = json.dumps(
+        error_body(503, "overloaded", "the server is at its connection limit (DDGAN_MAX_CONNECTIONS); retry", None)
+    ).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(random.randint(*CONNECTION_RETRY_AFTER_S)).encode()),
+        (b"connection", b"close"),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 class ShutdownAwareServer(uvicorn.Server):
@@ -83,6 +108,11 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._awaiting_head = False
                 self._cancel_head_timer()
         super().data_received(data)
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if app is service_unavailable:  # uvicorn's limit_concurrency refusal
+            app = self.app if cycle.scope["path"] in PROBE_PATHS else connection_limit_reached
+        super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

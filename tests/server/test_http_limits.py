@@ -129,8 +129,12 @@ def test_idle_connections_close_and_excess_connections_are_refused(limited):
         for raw in held:
             raw.sendall(b"GET /healthz HTTP/1.1\r\n")  # a request started: held until the head timeout
         time.sleep(0.3)
-        refused = httpx.get(limited.url + "/healthz")
-        assert refused.status_code == 503
+        refused = httpx.post(limited.url + "/generate", json={"dataset": "mnist", "n": 1, "seed": 1})
+        assert refused.status_code == 503 and refused.headers["content-type"] == "application/json"
+        assert refused.json()["error"]["type"] == "overloaded" and 1 <= int(refused.headers["retry-after"]) <= 5
+        # the probes are answered past the limit: an orchestrator must not restart a server for being busy
+        assert httpx.get(limited.url + "/healthz").status_code == 200
+        assert httpx.get(limited.url + "/readyz").status_code == 200
     finally:
         for raw in held:
             raw.close()
