@@ -275,7 +275,7 @@ class GenerationService:
             try:
                 checked_steps = info.check_steps(steps)
             except StepsError as exc:
-                raise invalid("query.steps", f"{exc} ({served.entry.name})") from None
+                raise unsupported("query.steps", f"{exc} ({served.entry.name})") from None
             address = ImageAddress.of(dataset, info, seed, checked_steps, self.settings.png_compress_level)
             headers = {
                 "ETag": address.etag,

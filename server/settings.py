@@ -62,7 +62,9 @@ class ServerSettings(BaseSettings):
     )
     keep_alive_timeout_s: int = Field(default=5, ge=1, le=3600, description="idle keep-alive connections close")
     max_connections: int = Field(
-        default=1024, ge=1, description="concurrent connections + requests; uvicorn answers 503 beyond"
+        default=1024,
+        ge=1,
+        description="concurrent connections + requests; 503 overloaded beyond (health probes still answered)",
     )
     max_images_per_request: int = Field(default=64, ge=1, le=4096, description="upper bound of `n`")
     request_timeout_s: float = Field(default=120.0, gt=0, description="deadline of a /generate request (504 past it)")

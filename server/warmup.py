@@ -92,7 +92,8 @@ def warm_up(entry: ModelEntry, sampler: Sampler, progress: Progress | None = Non
         sampler.sample([0], steps=steps, progress=progress)  # the cold call: lazy initialisation, allocator growth
         seconds = {size: time_batch(sampler, size, steps, progress)[0] for size in entry.batch_sizes}
         return WarmedUp(sampler, seconds, None, steps)
-    raw = sampler.with_micro_batch(None)  # every size at its own shape: its speed, and its bits
+    # every size at its own shape: its speed, and its bits
+    raw = sampler if info.micro_batch is None else sampler.with_micro_batch(None)
     raw.sample([0], steps=steps, progress=progress)
     timed = {size: time_batch(raw, size, steps, progress) for size in entry.batch_sizes}
     seconds = {size: elapsed for size, (elapsed, _) in timed.items()}

@@ -211,6 +211,7 @@ async def test_random_weights_are_announced(tiny_models, started, tmp_path):
     assert 'weights="random"' in metrics and 'weights="real"' not in metrics
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestWarning")  # a sync test in this module of async ones
 def test_settings_errors_name_the_field(monkeypatch):
     from pydantic import ValidationError
 

@@ -102,8 +102,9 @@ async def test_errors_keep_the_one_shape(client):
         ("/v1/images/mnist/gan/1.png", {}, 422, "invalid_request"),
         ("/v1/images/mnist/ddgan/seven.png", {}, 422, "invalid_request"),
         ("/v1/images/mnist/ddgan/-1.png", {}, 422, "invalid_request"),
-        ("/v1/images/mnist/ddgan/1.png", {"steps": 3}, 422, "invalid_request"),  # a DDGAN runs its own T
-        ("/v1/images/mnist/ddpm/1.png", {"steps": 51}, 422, "invalid_request"),  # beyond the tiny DDPM's 50
+        # valid under the schema (1..1000), but not for this model: 400, never 422
+        ("/v1/images/mnist/ddgan/1.png", {"steps": 3}, 400, "unsupported_by_model"),  # a DDGAN runs its own T
+        ("/v1/images/mnist/ddpm/1.png", {"steps": 51}, 400, "unsupported_by_model"),  # beyond the tiny DDPM's 50
         ("/v1/images/mnist/ddgan/1.jpg", {}, 404, "not_found"),
     ]
     for path, params, status, kind in cases:

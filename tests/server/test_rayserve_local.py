@@ -113,6 +113,11 @@ def test_metrics_page_merges_replicas_under_a_replica_label(local_app: tuple[Cal
 
     async def requests(client: httpx.AsyncClient) -> tuple[str, str]:
         before = (await client.get("/metrics")).text
+        for _ in range(20):  # the replica's series appear with its first push (every second)
+            if images_total(before):
+                break
+            await asyncio.sleep(0.5)
+            before = (await client.get("/metrics")).text
         for seed in (100, 200):
             assert (await client.post("/generate", json={"dataset": "mnist", "n": 4, "seed": seed})).status_code == 200
         for _ in range(20):  # replicas push their series every second

@@ -98,7 +98,9 @@ async def test_shutdown_interrupts_a_warm_up(tiny_models):
     app = make_app(tiny_registry(tiny_models), lambda entry, **kw: SlowWarmUp(load_entry(entry, **kw)))
     async with app.router.lifespan_context(app):
         engine = app.state.engine
+        give_up = time.monotonic() + 30
         while engine.lookup("mnist", "ddgan").state.value != "warming":
+            assert time.monotonic() < give_up, engine.lookup("mnist", "ddgan").reason
             await asyncio.sleep(0.01)
         started = time.monotonic()
         await engine.stop()
