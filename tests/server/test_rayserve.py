@@ -104,8 +104,14 @@ def two_replicas(cluster: tuple[Cluster, str, Path]) -> tuple[str, Path]:
 
 
 def replica_statuses(app: str, calls: int = 24) -> list[Any]:
+    """Statuses of the replicas the router picks for `calls` calls, two at a time (more would be shed by the
+    deployment's own max_queued_requests)."""
     handle = serve.get_deployment_handle(DEPLOYMENT, app_name=app)
-    return [response.result(timeout_s=30) for response in [handle.status.remote() for _ in range(calls)]]
+    statuses = []
+    for _ in range(calls // 2):
+        pair = [handle.status.remote(), handle.status.remote()]
+        statuses += [response.result(timeout_s=30) for response in pair]
+    return statuses
 
 
 def replica_count(app: str) -> int:
@@ -115,18 +121,33 @@ def replica_count(app: str) -> int:
 
 async def generate(client: httpx.AsyncClient, seed: int, n: int = 1, **body: Any) -> httpx.Response:
     return await client.post(
-        "/generate", json={"dataset": "mnist", "n": n, "seed": seed, **body}, headers={"accept": "image/png"}
+        "/generate",
+        json={"dataset": "mnist", "n": n, "seed": seed, **body},
+        headers={"accept": "image/png", "cache-control": "no-cache, no-store"},  # a replica computes every one
     )
+
+
+async def retrying(client: httpx.AsyncClient, seed: int, attempts: int = 5) -> httpx.Response:
+    """`generate(n=2)`, retried on 503 overloaded after its Retry-After (capped at 1 s to keep the test short)."""
+    for _ in range(attempts - 1):
+        response = await generate(client, seed, n=2)
+        if response.status_code != 503:
+            return response
+        assert error_of(response)["type"] == "overloaded" and int(response.headers["retry-after"]) >= 1
+        await asyncio.sleep(1.0)
+    return await generate(client, seed, n=2)
 
 
 async def test_two_replicas_on_two_nodes_give_the_native_bytes(two_replicas: tuple[str, Path]) -> None:
     url, registry = two_replicas
-    statuses = replica_statuses(APP)
+    statuses = await asyncio.to_thread(replica_statuses, APP)  # handle results block: off the event loop
     assert len({s.replica for s in statuses}) == 2
     assert len({s.node for s in statuses}) == 2, "Serve spreads the two replicas over both nodes"
 
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        responses = await asyncio.gather(*(generate(client, seed=7, n=2) for _ in range(12)))
+        # 4 at a time: 2 replicas x max_ongoing_requests 2; Serve's routing may still shed one (503 overloaded,
+        # Retry-After), and a client retries it as the contract says
+        responses = [r for _ in range(3) for r in await asyncio.gather(*(retrying(client, 7) for _ in range(4)))]
     assert [r.status_code for r in responses] == [200] * 12
     assert {r.headers["x-replica"] for r in responses} == {s.replica for s in statuses}, "both replicas served"
     assert len({r.content for r in responses}) == 1, "the same seed gives the same bytes from either replica"
@@ -165,26 +186,43 @@ async def test_metrics_of_every_replica_with_a_replica_label(two_replicas: tuple
     def samples(text: str, name: str) -> list[Any]:
         return [s for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
 
+    def by_replica(text: str) -> dict[str, float]:
+        totals: dict[str, float] = {}
+        for sample in samples(text, "ddgan_images_generated_total"):  # one series per worker of a replica
+            totals[sample.labels["replica"]] = totals.get(sample.labels["replica"], 0.0) + sample.value
+        return totals
+
     with httpx.Client(base_url=url, timeout=30) as client:
-        before = client.get("/metrics").text
-        for seed in range(6):
+        # both replicas served the tests before this one; their series appear with their next push
+        def settled() -> str | None:  # both replicas' series there, and unchanged over more than one push
+            first = client.get("/metrics").text
+            time.sleep(1.5)
+            page = client.get("/metrics").text
+            return page if len(by_replica(page)) == 2 and by_replica(page) == by_replica(first) else None
+
+        before = wait_until(settled, 20, "both replicas' series settled on /metrics")
+        for seed in range(500, 512, 2):  # 12 images never generated before: none is a PNG-cache hit
             assert client.post("/generate", json={"dataset": "mnist", "n": 2, "seed": seed}).status_code == 200
 
         def images_by_replica() -> dict[str, float] | None:
             page = client.get("/metrics").text
-            total = {s.labels["replica"]: s.value for s in samples(page, "ddgan_images_generated_total")}
-            old = sum(s.value for s in samples(before, "ddgan_images_generated_total"))
-            return total if sum(total.values()) - old == 12 else None
+            total, old = by_replica(page), by_replica(before)
+            seen.append((old, total))
+            return total if sum(total.values()) - sum(old.values()) == 12 else None
 
-        per_replica = wait_until(images_by_replica, 15, "12 more images counted over the replicas")
+        seen: list[tuple[dict[str, float], dict[str, float]]] = []
+        try:
+            per_replica = wait_until(images_by_replica, 15, "12 more images counted over the replicas")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; (before, now) by replica: {seen[-1:]}") from None
         page = client.get("/metrics").text
-    replicas = {s.replica for s in replica_statuses(APP)}
+    replicas = {s.replica for s in await asyncio.to_thread(replica_statuses, APP)}
     assert set(per_replica) <= replicas and set(per_replica)
-    # Request series come from the ingress, under its own replica label; the names are the native server's.
-    requests = samples(page, "ddgan_requests_total")
-    assert {s.labels["replica"] for s in requests if s.labels["model"] == "mnist"} == {
-        r for r in {s.labels["replica"] for s in requests} if r.startswith("ingress#")
-    }
+    # Requests are counted by the ingress, under its own replica label (the names are the native server's); a
+    # model replica exports its request series at zero from start-up, so sums over replicas stay right.
+    requests = [s for s in samples(page, "ddgan_requests_total") if s.labels["model"] == "mnist"]
+    counted = {s.labels["replica"] for s in requests if s.value > 0}
+    assert counted and all(replica.startswith("ingress#") for replica in counted), counted
     assert {s.labels["replica"] for s in samples(page, "ddgan_queued_images")} <= replicas
 
 
@@ -203,7 +241,7 @@ async def test_overload_answers_only_200_or_503_with_retry_after(two_replicas: t
 
 async def test_replica_killed_under_load(two_replicas: tuple[str, Path]) -> None:
     url, _ = two_replicas
-    victim = replica_statuses(APP)[0]
+    victim = (await asyncio.to_thread(replica_statuses, APP))[0]
     outcomes: list[int] = []
 
     async def client_loop(client: httpx.AsyncClient, worker: int) -> None:
@@ -226,7 +264,7 @@ async def test_replica_killed_under_load(two_replicas: tuple[str, Path]) -> None
         names = {s.replica for s in replica_statuses(APP, calls=12)}
         return replica_count(APP) == 2 and len(names) == 2 and victim.replica not in names
 
-    wait_until(restored, 120, "Serve replaced the killed replica")
+    await asyncio.to_thread(wait_until, restored, 120, "Serve replaced the killed replica")
 
 
 async def test_autoscaling_one_two_one(cluster: tuple[Cluster, str, Path]) -> None:
