@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,13 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         settings = ServerSettings(registry=args.registry, random_weights=args.random_weights, torch_threads=1)
-        ray.init(include_dashboard=False, log_to_driver=False)
+        # /r1 and /r2 are deployed side by side (three one-CPU replicas): a host with fewer CPUs than that gets
+        # enough logical ones to place them, and the output says the replicas share its cores.
+        logical = max(3, os.cpu_count() or 1)
+        if logical > (os.cpu_count() or 1):
+            print(f"# note: {os.cpu_count()} CPUs for 3 one-CPU replicas: Ray is given {logical} logical CPUs, "
+                  "so the replicas share cores and the 2-replica ratio is bounded by the host, not by Ray")  # fmt: skip
+        ray.init(num_cpus=logical, include_dashboard=False, log_to_driver=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             for replicas in (1, 2):
