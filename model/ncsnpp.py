@@ -77,7 +77,9 @@ class Conv2d(nn.Conv2d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16) or _tracing():
+        # Inference only: the direct oneDNN op is outside autocast's cast list, and training needs no invariance.
+        plain = x.device.type != "cpu" or x.dtype != self.weight.dtype or x.dtype not in (torch.float32, torch.bfloat16)
+        if plain or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or _tracing():
             return super().forward(x)
         padding = [int(p) for p in self.padding] if not isinstance(self.padding, str) else None
         if padding is None or self.padding_mode != "zeros":
