@@ -33,15 +33,19 @@ def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: T
     over batch x pixels between threads, so an image's bits would depend on its batch size and slot; the NCHW
     kernel reduces each (image, group) alone. The result comes back in x's layout.
     """
-    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    source = x.contiguous() if x.device.type == "cpu" and x.dim() == 4 else x
+    to_nchw = x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous()
+    source = x.contiguous() if to_nchw else x
     if x.dtype == torch.float32:
         y = F.group_norm(source, num_groups, weight, bias, eps=_GN_EPS)
     else:
         w = None if weight is None else weight.float()
         b = None if bias is None else bias.float()
         y = F.group_norm(source.float(), num_groups, w, b, eps=_GN_EPS).to(x.dtype)
-    return y.contiguous(memory_format=layout) if source is not x else y
+    return (
+        y.contiguous(memory_format=torch.channels_last)
+        if to_nchw and x.is_contiguous(memory_format=torch.channels_last)
+        else y
+    )
 
 
 class FP32GroupNorm(nn.GroupNorm):
@@ -79,13 +83,11 @@ class Conv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         # Inference only: the direct oneDNN op is outside autocast's cast list, and training needs no invariance.
         plain = x.device.type != "cpu" or x.dtype != self.weight.dtype or x.dtype not in (torch.float32, torch.bfloat16)
+        plain = plain or isinstance(self.padding, str) or self.padding_mode != "zeros"
         if plain or torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or _tracing():
             return super().forward(x)
-        padding = [int(p) for p in self.padding] if not isinstance(self.padding, str) else None
-        if padding is None or self.padding_mode != "zeros":
-            return super().forward(x)
         return torch.ops.aten.mkldnn_convolution(
-            x, self.weight, self.bias, padding, list(self.stride), list(self.dilation), self.groups
+            x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups
         )
 
 

@@ -88,15 +88,13 @@ def warm_up(entry: ModelEntry, sampler: Sampler, progress: Progress | None = Non
     `progress` is every call's hook: it may raise `SamplingStoppedError` to abandon the warm-up (shutdown)."""
     info = sampler.info
     steps = max(info.min_steps, min(WARMUP_STEPS, info.default_steps))
-    if not entry.batch_invariant:
-        sampler.sample([0], steps=steps, progress=progress)  # the cold call: lazy initialisation, allocator growth
-        seconds = {size: time_batch(sampler, size, steps, progress)[0] for size in entry.batch_sizes}
-        return WarmedUp(sampler, seconds, None, steps)
-    # every size at its own shape: its speed, and its bits
-    raw = sampler if info.micro_batch is None else sampler.with_micro_batch(None)
-    raw.sample([0], steps=steps, progress=progress)
+    # a batch-invariant entry times every size at its own shape (its speed, and its bits), not padded
+    raw = sampler if info.micro_batch is None or not entry.batch_invariant else sampler.with_micro_batch(None)
+    raw.sample([0], steps=steps, progress=progress)  # the cold call: lazy initialisation, allocator growth
     timed = {size: time_batch(raw, size, steps, progress) for size in entry.batch_sizes}
     seconds = {size: elapsed for size, (elapsed, _) in timed.items()}
+    if not entry.batch_invariant:
+        return WarmedUp(sampler, seconds, None, steps)
     images = {size: rows for size, (_, rows) in timed.items()}
     if info.micro_batch is None:
         chosen = pick_micro_batch(seconds)
