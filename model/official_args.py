@@ -164,7 +164,7 @@ def parse_options(values: Mapping[str, Any]) -> dict[str, Any]:
     return {name: parse_value(name, value) for name, value in values.items()}
 
 
-def parse_assignments(items: Iterable[str]) -> dict[str, str]:
+def parse_assignments(items: Iterable[str], flag: str = "--official-args") -> dict[str, str]:
     """`KEY=VALUE` words as the shell splits them; words without `=` after a list option extend its value.
 
     So `ch_mult=1 2 2 2` (four words, as `--ch_mult 1 2 2 2` gives the official nargs='+') reads like
@@ -178,10 +178,10 @@ def parse_assignments(items: Iterable[str]) -> dict[str, str]:
             if last is not None and OFFICIAL_OPTIONS.get(last) == "ints":
                 values[last] = f"{values[last]},{item}"
                 continue
-            raise OfficialArgsError(f"--official-args expects KEY=VALUE, got {item!r}")
+            raise OfficialArgsError(f"{flag} expects KEY=VALUE, got {item!r}")
         key = key.strip().lstrip("-")
         if not key:
-            raise OfficialArgsError(f"--official-args expects KEY=VALUE, got {item!r}")
+            raise OfficialArgsError(f"{flag} expects KEY=VALUE, got {item!r}")
         check_name(key)
         values[key], last = text, key
     return values

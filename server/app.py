@@ -105,6 +105,8 @@ def create_app(
         if path == "/generate":
             metrics.observe_request(UNKNOWN, UNKNOWN, status, 0.0)
 
+    app.state.count_rejected = count_rejected  # the HTTP layer's own refusals (server.http_server)
+
     def count_error(request: Request, status: int) -> None:
         if not getattr(request.state, "metrics_recorded", False):
             count_rejected(request.url.path, status)

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=uvicorn_shutdown_timeout(settings.shutdown_timeout_s),
-        http=limited_http_protocol(settings.max_header_bytes, settings.header_timeout_s),
+        http=limited_http_protocol(settings.max_header_bytes, settings.header_timeout_s, app.state.count_rejected),
         timeout_keep_alive=settings.keep_alive_timeout_s,
         limit_concurrency=settings.max_connections,
         access_log=settings.log_level in ("debug", "trace"),

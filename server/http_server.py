@@ -74,6 +74,7 @@ def uvicorn_shutdown_timeout(timeout_s: float) -> int:
 class _LimitedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes = 16 * 1024
     head_timeout_s = 10.0
+    on_refused: Callable[[str, int], object] | None = None  # (path, status) of a connection-limit refusal
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -111,7 +112,13 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         if app is service_unavailable:  # uvicorn's limit_concurrency refusal
-            app = self.app if cycle.scope["path"] in PROBE_PATHS else connection_limit_reached
+            path = cycle.scope["path"]
+            if path in PROBE_PATHS:
+                app = self.app
+            else:
+                app = connection_limit_reached
+                if self.on_refused is not None:  # counted like every other answer, though no app code runs
+                    self.on_refused(path, 503)
         super()._start_asgi_task(cycle, app)
 
     def on_message_complete(self) -> None:
@@ -148,7 +155,16 @@ class _LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def limited_http_protocol(max_head_bytes: int, head_timeout_s: float) -> type[HttpToolsProtocol]:
-    """uvicorn's httptools protocol refusing request heads over `max_head_bytes` or slower than `head_timeout_s`."""
-    limits = {"max_head_bytes": max_head_bytes, "head_timeout_s": head_timeout_s}
+def limited_http_protocol(
+    max_head_bytes: int, head_timeout_s: float, on_refused: Callable[[str, int], object] | None = None
+) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol refusing request heads over `max_head_bytes` or slower than `head_timeout_s`.
+
+    `on_refused(path, status)` is told of each request answered 503 at the connection limit.
+    """
+    limits = {
+        "max_head_bytes": max_head_bytes,
+        "head_timeout_s": head_timeout_s,
+        "on_refused": staticmethod(on_refused) if on_refused is not None else None,
+    }
     return type("LimitedHttpToolsProtocol", (_LimitedHttpToolsProtocol,), limits)

@@ -76,6 +76,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--d-kind", choices=("small", "large"), help="discriminator layout")
     g.add_argument("--d-ngf", type=positive_int, help="discriminator width (official 64)")
     g.add_argument("--num-timesteps", type=positive_int, help="denoising steps T (changes the model)")
+    g.add_argument(
+        "--generator",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="generator architecture by the official option names, e.g. num_channels_dae=16 ch_mult=1,1,2",
+    )
     g.add_argument("--seed", type=int)
     g.add_argument("--precision", choices=PRECISIONS)
     p.set_defaults(handler=run_train)
@@ -90,14 +96,34 @@ def _changes(args: argparse.Namespace, base: Any) -> dict[str, Any]:
     if args.d_kind is not None or args.d_ngf is not None:
         disc = base.discriminator
         changes["discriminator"] = dataclasses.replace(disc, kind=args.d_kind or disc.kind, ngf=args.d_ngf or disc.ngf)
-    if args.preset is not None or args.num_timesteps is not None:
+    if args.preset is not None or args.num_timesteps is not None or args.generator:
         from ddgan.model.config import get_preset
 
         model = get_preset(args.preset) if args.preset else base.model
         if args.num_timesteps is not None:
             model = model.replace(diffusion=dataclasses.replace(model.diffusion, num_timesteps=args.num_timesteps))
+        if args.generator:
+            model = model.replace(generator=generator_overrides(model.generator, args.generator))
         changes["model"] = model
     return changes
+
+
+def generator_overrides(generator: Any, items: list[str]) -> Any:
+    """`generator` with `--generator KEY=VALUE ...` applied; names and values read as the official argparse does."""
+    from ddgan.model.config import ConfigError
+    from ddgan.model.official_args import OfficialArgsError, parse_assignments, parse_options
+
+    fields = {f.name for f in dataclasses.fields(generator)}
+    try:
+        values = parse_options(parse_assignments(items, flag="--generator"))
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise OfficialArgsError(
+                f"--generator: {', '.join(unknown)} is not a generator option; choose from {', '.join(sorted(fields))}"
+            )
+        return dataclasses.replace(generator, **values)
+    except (OfficialArgsError, ConfigError) as exc:
+        raise SystemExit(f"ddgan train: {exc}") from None
 
 
 def run_train(args: argparse.Namespace) -> int:

@@ -142,3 +142,5 @@ def test_idle_connections_close_and_excess_connections_are_refused(limited):
     while httpx.get(limited.url + "/healthz").status_code != 200:
         assert time.monotonic() < give_up, "the server never took connections again"
         time.sleep(0.2)
+    metrics = httpx.get(limited.url + "/metrics").text  # the refusal is counted though no route ran
+    assert 'ddgan_requests_total{model="unknown",sampler="unknown",status="503"} 1.0' in metrics

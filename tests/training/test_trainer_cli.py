@@ -99,6 +99,34 @@ def test_train_writes_the_resolved_recipe_resumes_and_exports(tmp_path: Path, ca
     assert "step 2" in capsys.readouterr().out
 
 
+def test_generator_flag_sets_the_architecture_by_official_names(tmp_path: Path, capsys) -> None:
+    data, out = write_tiny_npz(tmp_path / "digits.npz"), tmp_path / "run"
+    common = ("--out", str(out), "--no-progress", "--threads", "1", "--sample-count", "4")
+    narrow = ("--generator", "num_channels_dae=8", "ch_mult=1", "2", "attn_resolutions=", "nz=16", "z_emb_dim=32")
+    argv = ("--preset", "stacked_mnist", "--data", str(data), "--batch-size", "4", "--max-steps", "1", *narrow)
+    assert _train(*argv, *common) == 0
+    g = load_config(out / "model").generator
+    assert (g.num_channels, g.num_channels_dae, g.ch_mult, g.attn_resolutions, g.nz, g.z_emb_dim) == (
+        3, 8, (1, 2), (), 16, 32,
+    )  # fmt: skip
+    assert g.num_res_blocks == 2  # what --generator does not name stays the preset's
+    assert _train("--resume", "--max-steps", "2", *narrow, *common) == 0  # the same architecture may be repeated
+    with pytest.raises(SystemExit, match="recipe is fixed.*got model"):
+        _train("--resume", "--max-steps", "3", "--generator", "num_channels_dae=16", *common)
+
+    def new_run(name: str, *generator: str) -> int:
+        out = str(tmp_path / name)
+        return _train("--preset", "mnist", "--data", str(data), "--out", out, "--generator", *generator)
+
+    with pytest.raises(SystemExit, match="num_channel_dae.*did you mean .num_channels_dae"):
+        new_run("b", "num_channel_dae=8")
+    with pytest.raises(SystemExit, match="--generator: ngf is not a generator option"):
+        new_run("c", "ngf=8")
+    with pytest.raises(SystemExit, match="not divisible"):
+        new_run("d", "ch_mult=1,1,1,1,1,1,1")
+    assert not (tmp_path / "b").exists() and not (tmp_path / "d").exists()
+
+
 @pytest.mark.slow
 def test_a_run_written_by_ddgan_serve_0_2_resumes_to_its_last_epoch(tmp_path: Path, capsys) -> None:
     """0.2 wrote max_steps 0 for "no limit" and had no checkpoint_minutes; such a run still resumes."""
