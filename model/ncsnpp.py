@@ -34,18 +34,16 @@ def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: T
     kernel reduces each (image, group) alone. The result comes back in x's layout.
     """
     to_nchw = x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous()
-    source = x.contiguous() if to_nchw else x
-    if x.dtype == torch.float32:
-        y = F.group_norm(source, num_groups, weight, bias, eps=_GN_EPS)
-    else:
-        w = None if weight is None else weight.float()
-        b = None if bias is None else bias.float()
-        y = F.group_norm(source.float(), num_groups, w, b, eps=_GN_EPS).to(x.dtype)
-    return (
-        y.contiguous(memory_format=torch.channels_last)
-        if to_nchw and x.is_contiguous(memory_format=torch.channels_last)
-        else y
-    )
+    back_to_channels_last = to_nchw and x.is_contiguous(memory_format=torch.channels_last)
+    # One copy each way: layout and dtype change in the same pass (a bf16 chain spent ~1/3 of its time in copies).
+    source = x.to(torch.float32, memory_format=torch.contiguous_format) if to_nchw else x.float()
+    if x.dtype != torch.float32:
+        weight = None if weight is None else weight.float()
+        bias = None if bias is None else bias.float()
+    y = F.group_norm(source, num_groups, weight, bias, eps=_GN_EPS)
+    if back_to_channels_last:
+        return y.to(x.dtype, memory_format=torch.channels_last)
+    return y.to(x.dtype)
 
 
 class FP32GroupNorm(nn.GroupNorm):
@@ -104,8 +102,12 @@ def rowwise_affine(x: Tensor, weight_t: Tensor, bias: Tensor) -> Tensor:
 
     One (B·M, in) GEMM is not batch-invariant: BLAS kernels block the rows, and a row in a remainder block
     is summed in another order (seen on an AMD EPYC Zen 3: 2e-7 apart by slot), so an image's bits would depend on its
-    neighbours. A batched product runs every image through the same kernel, whatever B.
+    neighbours. A batched product runs every image through the same kernel, whatever B. A bf16 CPU product runs
+    in float32: bf16 `baddbmm` copies the broadcast weight once per image (~1/5 of the bf16 cifar10 chain).
     """
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        wide = torch.baddbmm(bias.float(), x.float(), weight_t.float().expand(x.shape[0], -1, -1))
+        return wide.to(x.dtype)
     return torch.baddbmm(bias, x, weight_t.expand(x.shape[0], -1, -1))
 
 
@@ -143,7 +145,14 @@ def fir_downsample(x: Tensor, kernel: Tensor) -> Tensor:
 
 
 def fir_upsample(x: Tensor, kernel: Tensor) -> Tensor:
-    """Double then blur: conv_transpose2d(x, 4K, stride 2, padding 1), one filter per channel."""
+    """Double then blur: conv_transpose2d(x, 4K, stride 2, padding 1), one filter per channel.
+
+    A bf16 CPU input runs in float32: PyTorch has no oneDNN path for a bf16 depthwise transposed convolution, and
+    its fallback took ~1/5 of the bf16 cifar10 chain (docs/benchmarks.md); the taps are exact in bf16 either way.
+    """
+    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+        up = F.conv_transpose2d(x.float(), kernel.float() * 4.0, stride=2, padding=1, groups=x.shape[1])
+        return up.to(x.dtype)
     return F.conv_transpose2d(x, kernel * 4.0, stride=2, padding=1, groups=x.shape[1])
 
 

@@ -23,6 +23,7 @@ from ddgan.model.ncsnpp import (
     fir_downsample,
     fir_kernel_2d,
     fir_upsample,
+    rowwise_affine,
 )
 
 TOL = 1e-5
@@ -206,3 +207,27 @@ def test_official_style_reference_reproduces_the_official_output() -> None:
     with torch.inference_mode():
         y = OfficialStyleGenerator(generator)(case["x"], case["t"], case["z"])
     assert (y - case["y"]).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bf16_fir_upsample_is_the_float32_result_rounded_once(channels_last: bool) -> None:
+    """bf16 CPU inputs are upsampled in float32 (no oneDNN bf16 depthwise transposed convolution), layout kept."""
+    x = _input((2, 6, 5, 5), seed=3).float().to(torch.bfloat16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = fir_upsample(x, fir_kernel_2d(TAPS, 6).to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    assert torch.equal(out, fir_upsample(x.float(), fir_kernel_2d(TAPS, 6)).to(torch.bfloat16))
+
+
+def test_bf16_rowwise_affine_is_the_float32_product_rounded_once_and_batch_independent() -> None:
+    torch.manual_seed(4)
+    x = torch.randn(5, 3, 16).to(torch.bfloat16)
+    weight_t, bias = torch.randn(16, 24).to(torch.bfloat16), torch.randn(24).to(torch.bfloat16)
+    out = rowwise_affine(x, weight_t, bias)
+    assert out.dtype == torch.bfloat16
+    expected = (x.double() @ weight_t.double() + bias.double()).to(torch.bfloat16)  # independent of baddbmm
+    assert (out.float() - expected.float()).abs().max() <= 2**-7 * expected.float().abs().max()
+    assert torch.equal(out, rowwise_affine(x.float(), weight_t.float(), bias.float()).to(torch.bfloat16))
+    assert torch.equal(rowwise_affine(x[3:4], weight_t, bias), out[3:4])  # an image alone = in its batch

@@ -104,6 +104,14 @@ def test_micro_batch_makes_an_image_bit_identical_alone_or_in_any_batch(sampler:
     torch.testing.assert_close(batch, sampler.sample([10, 11, 12, 13, 14, 15]), rtol=0, atol=1e-5)
 
 
+def test_a_bf16_image_is_bit_identical_alone_or_in_any_batch(tiny_model_dir: Path) -> None:
+    """The bf16 CPU paths (float32 FIR upsampling and dense products) keep the batch invariance."""
+    exact = open_sampler(tiny_model_dir, micro_batch=4, dtype="bfloat16")
+    batch = exact.sample([30, 31, 32, 33, 34])
+    assert torch.equal(exact.sample([32]), batch[2:3]) and torch.equal(exact.sample([40, 34])[1], batch[4])
+    torch.testing.assert_close(batch, open_sampler(tiny_model_dir).sample([30, 31, 32, 33, 34]), rtol=0, atol=0.1)
+
+
 def test_with_micro_batch_is_a_new_sampler_on_the_same_chain(sampler: Sampler, tiny_model_dir: Path) -> None:
     exact = sampler.with_micro_batch(3)
     assert exact.info.micro_batch == 3 and sampler.info.micro_batch is None  # the original is unchanged
