@@ -22,12 +22,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="models/mnist", help="a model directory, or a preset (random weights)")
     parser.add_argument("--batch", default="1,32", help="comma-separated batch sizes")
     parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights and activations")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the CPUs it may use)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ddgan.bench.sampler import machine_description
+    from ddgan.model.chain import CastingChain
     from ddgan.model.checkpoint import load_model
     from ddgan.model.config import get_preset
     from ddgan.model.diffusion import SamplingChain
@@ -48,11 +50,13 @@ def run(args: argparse.Namespace) -> int:
         current = NCSNpp(config.generator)
     other = baseline.NCSNpp(config.generator)
     other.load_state_dict(current.state_dict())
+    dtype = getattr(torch, args.dtype)
     chains = {
-        "baseline": SamplingChain(other.eval(), config.diffusion),
-        "this": SamplingChain(current.eval(), config.diffusion),
+        name: CastingChain(SamplingChain(generator.eval(), config.diffusion), dtype).to(dtype=dtype)
+        for name, generator in (("baseline", other), ("this", current))
     }
-    print(f"# ddgan bench generator-ab: {args.model} vs {args.baseline}; {machine_description(torch.device('cpu'))}")
+    machine = machine_description(torch.device("cpu"))
+    print(f"# ddgan bench generator-ab: {args.model} vs {args.baseline}, {args.dtype}; {machine}")
     print("| batch | baseline ms/image | this ms/image | this speed / baseline | max abs difference |")
     print("|---:|---:|---:|---:|---:|")
     steps = config.diffusion.num_timesteps
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                     chain(*inputs)
                     times[name].append(time.perf_counter() - started)
         base, this = statistics.median(times["baseline"]), statistics.median(times["this"])
-        difference = float((outputs["baseline"] - outputs["this"]).abs().max())
+        difference = float((outputs["baseline"].float() - outputs["this"].float()).abs().max())
         print(
             f"| {size} | {base * 1000 / size:.2f} | {this * 1000 / size:.2f} | {base / this:.2f}x | {difference:.1e} |"
         )
