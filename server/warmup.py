@@ -4,7 +4,10 @@ A batch-invariant model runs every forward pass at one fixed size (only the last
 so an image is bit-identical alone or in any batch. Padding to `max_batch_images` made a one-image request pay
 for a full batch; the smallest size that keeps (almost) the best per-image throughput costs a small request
 little and a full batch nothing. Warm-up times the candidate sizes on the unpadded sampler and picks the
-smallest whose images/s is within `MICRO_BATCH_TOLERANCE` of the best. The choice is a measurement: two
+smallest whose images/s is within `MICRO_BATCH_TOLERANCE` of the best; once a size is slower per image than that
+tolerance below the best so far, the larger (and longer) sizes are not timed: on a CPU a 256x256 model ran one
+image at a time fastest, and timing 2..16 images as well kept `--random-weights` from being ready for minutes.
+The choice is a measurement: two
 processes may pick different sizes, and images agree bit for bit only at one size, so the size is reported
 (/v1/models, the log) and a registry `micro_batch = N` pins it across replicas.
 
@@ -17,7 +20,7 @@ agree is a property of the kernels on this device and thread count (measured, ne
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -83,6 +86,24 @@ def agreeing_sizes(images: Mapping[int, Tensor], reference: int) -> list[int]:
     )
 
 
+def _time_sizes(
+    raw: Sampler, sizes: Sequence[int], steps: int, progress: Progress | None, stop_when_slower: bool
+) -> dict[int, tuple[float, Tensor]]:
+    """`time_batch` of each size, smallest first; with `stop_when_slower`, none after the first size whose
+    images/s is below (1 - MICRO_BATCH_TOLERANCE) x the best so far (it can be neither chosen nor a remainder
+    of a smaller choice). Without it every size runs: a model serves each of them and warms them all."""
+    timed: dict[int, tuple[float, Tensor]] = {}
+    best = 0.0
+    for size in sorted(sizes):
+        elapsed, rows = time_batch(raw, size, steps, progress)
+        timed[size] = (elapsed, rows)
+        rate = size / max(elapsed, 1e-9)
+        if stop_when_slower and rate < (1 - MICRO_BATCH_TOLERANCE) * best:
+            break
+        best = max(best, rate)
+    return timed
+
+
 def warm_up(entry: ModelEntry, sampler: Sampler, progress: Progress | None = None) -> WarmedUp:
     """Run the entry's batch sizes (first-call allocation, autotuning); measure the micro-batch when asked to.
     `progress` is every call's hook: it may raise `SamplingStoppedError` to abandon the warm-up (shutdown)."""
@@ -91,7 +112,8 @@ def warm_up(entry: ModelEntry, sampler: Sampler, progress: Progress | None = Non
     # a batch-invariant entry times every size at its own shape (its speed, and its bits), not padded
     raw = sampler if info.micro_batch is None or not entry.batch_invariant else sampler.with_micro_batch(None)
     raw.sample([0], steps=steps, progress=progress)  # the cold call: lazy initialisation, allocator growth
-    timed = {size: time_batch(raw, size, steps, progress) for size in entry.batch_sizes}
+    measuring = entry.batch_invariant and info.micro_batch is None
+    timed = _time_sizes(raw, entry.batch_sizes, steps, progress, stop_when_slower=measuring)
     seconds = {size: elapsed for size, (elapsed, _) in timed.items()}
     if not entry.batch_invariant:
         return WarmedUp(sampler, seconds, None, steps)

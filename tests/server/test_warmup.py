@@ -54,6 +54,25 @@ def test_warm_up_serves_the_measured_size_and_images_stay_bit_identical(tiny_mod
     assert without_warm_up(pinned, load_entry(pinned)).micro_batch_choice == "registry"
 
 
+def test_warm_up_stops_timing_once_a_size_is_slower_per_image(tiny_models: Path, monkeypatch) -> None:
+    entry = load_registry(write_registry(tiny_models)).get("mnist", "ddgan")
+    assert entry is not None and entry.batch_sizes == (1, 2, 4, 8)
+    timed: list[int] = []
+
+    def fake_time(raw, size: int, steps: int, *_progress: object) -> tuple[float, torch.Tensor]:
+        timed.append(size)  # images/s 10, 8: size 2 is 20 % below the best, so 4 and 8 are never run
+        return {1: 0.1, 2: 0.25, 4: 0.3, 8: 0.5}[size], raw.sample(list(range(size)), steps=steps)
+
+    monkeypatch.setattr(warmup, "time_batch", fake_time)
+    warmed = warm_up(entry, load_entry(entry))
+    assert timed == [1, 2] and warmed.sampler.info.micro_batch == 1
+    assert "[1, 2]" in warmed.micro_batch_choice
+    timed.clear()  # a registry micro-batch serves every size: each is warmed, none skipped
+    pinned = entry.model_copy(update={"micro_batch": 4})
+    assert warm_up(pinned, load_entry(pinned)).sampler.info.micro_batch == 4
+    assert timed == list(pinned.batch_sizes) == [1, 2, 4]
+
+
 class SizeDependentSampler:
     """A real sampler whose one-image calls come out 1 ulp off, as a kernel that rounds differently at batch 1."""
 
