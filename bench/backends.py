@@ -46,7 +46,7 @@ VARIANTS: dict[str, Variant] = {
     "torch-cudagraphs": Variant("cuda-graphs", "float32", True),
     "torch-bf16-cudagraphs": Variant("cuda-graphs", "bfloat16", True),
     "torch-compile": Variant("torch-compile", "float32"),
-    "torch-compile-bf16": Variant("torch-compile", "bfloat16", True),
+    "torch-compile-bf16": Variant("torch-compile", "bfloat16"),
     "onnxruntime": Variant("onnxruntime", "float32"),
     "onnxruntime-fp16": Variant("onnxruntime", "float16"),
     "openvino": Variant("openvino", "float32"),
