@@ -35,7 +35,7 @@ def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: T
     """
     to_nchw = x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous()
     back_to_channels_last = to_nchw and x.is_contiguous(memory_format=torch.channels_last)
-    # One copy each way: layout and dtype change in the same pass (a bf16 chain spent ~1/3 of its time in copies).
+    # layout and dtype change in one copy each way
     source = x.to(torch.float32, memory_format=torch.contiguous_format) if to_nchw else x.float()
     if x.dtype != torch.float32:
         weight = None if weight is None else weight.float()
@@ -97,6 +97,11 @@ def conv2d(in_ch: int, out_ch: int, kernel: int, init_scale: float = 1.0, bias: 
     return conv
 
 
+def _bf16_on_cpu(x: Tensor) -> bool:
+    """Whether `x` is a bf16 CPU activation: the ops whose bf16 CPU kernels are slow fallbacks compute in float32."""
+    return x.device.type == "cpu" and x.dtype == torch.bfloat16
+
+
 def rowwise_affine(x: Tensor, weight_t: Tensor, bias: Tensor) -> Tensor:
     """x (B, M, in) @ weight_t (in, out) + bias, as B independent products of one shape.
 
@@ -105,7 +110,7 @@ def rowwise_affine(x: Tensor, weight_t: Tensor, bias: Tensor) -> Tensor:
     neighbours. A batched product runs every image through the same kernel, whatever B. A bf16 CPU product runs
     in float32: bf16 `baddbmm` copies the broadcast weight once per image (~1/5 of the bf16 cifar10 chain).
     """
-    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+    if _bf16_on_cpu(x):
         wide = torch.baddbmm(bias.float(), x.float(), weight_t.float().expand(x.shape[0], -1, -1))
         return wide.to(x.dtype)
     return torch.baddbmm(bias, x, weight_t.expand(x.shape[0], -1, -1))
@@ -150,7 +155,7 @@ def fir_upsample(x: Tensor, kernel: Tensor) -> Tensor:
     A bf16 CPU input runs in float32: PyTorch has no oneDNN path for a bf16 depthwise transposed convolution, and
     its fallback took ~1/5 of the bf16 cifar10 chain (docs/benchmarks.md); the taps are exact in bf16 either way.
     """
-    if x.device.type == "cpu" and x.dtype == torch.bfloat16:
+    if _bf16_on_cpu(x):
         up = F.conv_transpose2d(x.float(), kernel.float() * 4.0, stride=2, padding=1, groups=x.shape[1])
         return up.to(x.dtype)
     return F.conv_transpose2d(x, kernel * 4.0, stride=2, padding=1, groups=x.shape[1])

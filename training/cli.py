@@ -113,13 +113,13 @@ def generator_overrides(generator: Any, items: list[str]) -> Any:
     from ddgan.model.config import ConfigError
     from ddgan.model.official_args import OfficialArgsError, parse_assignments, parse_options
 
-    fields = {f.name for f in dataclasses.fields(generator)}
+    fields = sorted(f.name for f in dataclasses.fields(generator))
     try:
         values = parse_options(parse_assignments(items, flag="--generator"))
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise OfficialArgsError(
-                f"--generator: {', '.join(unknown)} is not a generator option; choose from {', '.join(sorted(fields))}"
+        if unknown := sorted(set(values) - set(fields)):
+            raise SystemExit(
+                f"ddgan train: --generator: {', '.join(unknown)} is not a generator option; choose from "
+                f"{', '.join(fields)}"
             )
         return dataclasses.replace(generator, **values)
     except (OfficialArgsError, ConfigError) as exc:
