@@ -14,13 +14,15 @@ BENCHMARKS = {
     "quality": "ddgan.bench.quality",
     "profile": "ddgan.bench.profile_ops",
     "generator-ab": "ddgan.bench.generator_ab",
+    "int8": "ddgan.bench.int8",
     "gpu": "ddgan.bench.gpu.validate",
 }
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "bench", help="benchmarks: sampler, serve, serve-ray, backends, train-step, quality, profile, generator-ab, gpu"
+        "bench",
+        help="benchmarks: sampler, serve, serve-ray, backends, train-step, quality, profile, generator-ab, int8, gpu",
     )
     bench_sub = parser.add_subparsers(dest="benchmark", metavar="BENCHMARK")
     for module in BENCHMARKS.values():  # a benchmark imports its optional extras when it runs, not here

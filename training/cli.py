@@ -43,6 +43,7 @@ _RECIPE_FLAGS: dict[str, str] = {
     "seed": "seed",
     "precision": "precision",
     "hflip": "hflip",
+    "d_warmup_steps": "d_warmup_steps",
 }
 
 
@@ -82,6 +83,13 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="generator architecture by the official option names, e.g. num_channels_dae=16 ch_mult=1,1,2",
     )
+    g.add_argument(
+        "--init-generator",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="warm start: G and its EMA start from this model directory's generator (same architecture); D fresh",
+    )
+    g.add_argument("--d-warmup-steps", type=int, metavar="N", help="first N steps train only D (for warm starts)")
     g.add_argument("--seed", type=int)
     g.add_argument("--precision", choices=PRECISIONS)
     p.set_defaults(handler=run_train)
@@ -93,6 +101,9 @@ def _changes(args: argparse.Namespace, base: Any) -> dict[str, Any]:
     changes.update(loop_overrides(args))
     if args.no_lr_decay:
         changes["lr_decay"] = False
+    if args.init_generator is not None:
+        changes["init_generator"] = str(args.init_generator.resolve())
+        changes["init_generator_sha256"] = _weights_sha256(args.init_generator)
     if args.d_kind is not None or args.d_ngf is not None:
         disc = base.discriminator
         changes["discriminator"] = dataclasses.replace(disc, kind=args.d_kind or disc.kind, ngf=args.d_ngf or disc.ngf)
@@ -106,6 +117,14 @@ def _changes(args: argparse.Namespace, base: Any) -> dict[str, Any]:
             model = model.replace(generator=generator_overrides(model.generator, args.generator))
         changes["model"] = model
     return changes
+
+
+def _weights_sha256(model_dir: Path) -> str:
+    from ddgan.model.checkpoint import WEIGHTS_FILE, weights_digest
+
+    if not (model_dir / WEIGHTS_FILE).is_file():
+        raise SystemExit(f"ddgan train: --init-generator: {model_dir} is not a model directory ({WEIGHTS_FILE})")
+    return weights_digest(model_dir)
 
 
 def generator_overrides(generator: Any, items: list[str]) -> Any:
@@ -127,10 +146,11 @@ def generator_overrides(generator: Any, items: list[str]) -> Any:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from ddgan.model.config import ConfigError
     from ddgan.training.data import DataError, build_dataset
     from ddgan.training.runs import open_run, train_run
     from ddgan.training.train_config import TrainConfig, recipe_for
-    from ddgan.training.trainer import Trainer
+    from ddgan.training.trainer import Trainer, initial_generator
 
     if args.export_only:
         return export_run(args.out, args.export_only, args.checkpoint)
@@ -145,7 +165,9 @@ def run_train(args: argparse.Namespace) -> int:
     g = config.model.generator
     try:  # all input checks happen here, before any model is built or anything is written
         dataset = build_dataset(data, g.image_size, g.num_channels, dataset=config.dataset, seed=config.seed)
-    except DataError as exc:
+        if config.init_generator is not None and not (args.out / "checkpoints").exists():
+            initial_generator(config)
+    except (DataError, ConfigError) as exc:
         raise SystemExit(f"ddgan train: {exc}") from exc
     return train_run(
         "train",
@@ -160,7 +182,8 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _trained_on(config: Any, data: str) -> str:
-    return f"ddgan train --preset {config.model.preset} --objective {config.objective} on {Path(data).name}"
+    warm = f", warm-started from {Path(config.init_generator).name}" if config.init_generator else ""
+    return f"ddgan train --preset {config.model.preset} --objective {config.objective} on {Path(data).name}{warm}"
 
 
 def export_run(run_dir: Path, out_dir: Path, checkpoint: Path | None = None) -> int:

@@ -108,6 +108,12 @@ class TrainConfig(LoopConfig):
     denoise_weight: float = 1.0  # SIDDM only: the discriminator's denoising regulariser
     seed: int = 1024
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU (bf16: autocast on either)
+    # Warm start: a model directory whose generator starts G and its EMA (the discriminator starts fresh), and
+    # the sha256 of its weights, so a resumed or repeated run can tell it was the same file.
+    init_generator: str | None = None
+    init_generator_sha256: str | None = None
+    # Steps that train only D (G and its EMA held): a fresh D beside a trained G gives it noise for gradients.
+    d_warmup_steps: int = 0
 
     RESUMABLE: ClassVar[frozenset[str]] = frozenset({"num_epochs"})
 
@@ -123,6 +129,8 @@ class TrainConfig(LoopConfig):
             raise ConfigError("the siddm objective needs an unconditional discriminator with dense heads")
         if self.objective == "ddgan" and (not self.discriminator.conditional or self.discriminator.dense_heads):
             raise ConfigError("the ddgan objective needs a conditional discriminator without dense heads")
+        if self.d_warmup_steps < 0:
+            raise ConfigError(f"d_warmup_steps must be >= 0, got {self.d_warmup_steps}")
         for name in ("batch_size", "num_epochs", "lazy_reg"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -132,6 +140,8 @@ class TrainConfig(LoopConfig):
             raise ConfigError("learning rates must be positive and Adam betas in [0, 1)")
         if min(self.r1_gamma, self.lambda_afd, self.denoise_weight) < 0:
             raise ConfigError("r1_gamma, lambda_afd and denoise_weight must be >= 0")
+        if (self.init_generator is None) != (self.init_generator_sha256 is None):
+            raise ConfigError("init_generator and init_generator_sha256 go together")
         if self.model.generator.image_size < self.discriminator.min_image_size():
             raise ConfigError(
                 f"a {self.discriminator.kind} discriminator needs images of at least "

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ddgan.model.checkpoint import save_model
+from ddgan.model.checkpoint import CheckpointError, load_model, save_model, weights_digest
+from ddgan.model.config import ConfigError
 from ddgan.model.diffusion import DiffusionSchedule, SamplingChain
 from ddgan.model.ncsnpp import NCSNpp
 from ddgan.model.noise import chain_noise, image_seeds
@@ -26,6 +27,7 @@ from ddgan.training.datasets import ImageDataset
 from ddgan.training.discriminator import Discriminator
 from ddgan.training.distributed import DistContext, average_gradients, broadcast_parameters
 from ddgan.training.loop import LoopTrainer, update_ema
+from ddgan.training.run_state import checkpoint_dirs
 from ddgan.training.train_config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,30 @@ logger = logging.getLogger(__name__)
 def _set_requires_grad(module: nn.Module, flag: bool) -> None:
     for p in module.parameters():
         p.requires_grad_(flag)
+
+
+def initial_generator(config: TrainConfig) -> NCSNpp:
+    """The warm-start generator of `config.init_generator`, checked against the recipe's model and digest.
+
+    ConfigError (one line) when the directory does not load, holds another architecture or schedule, or its
+    weights changed since the run recorded them.
+    """
+    path = Path(str(config.init_generator))
+    try:
+        init_config, net = load_model(path)
+        digest = weights_digest(path)
+    except (CheckpointError, OSError) as exc:
+        raise ConfigError(f"init_generator: {exc}") from None
+    mine = config.model
+    for what, theirs, ours in (
+        ("generator", init_config.generator, mine.generator),
+        ("diffusion schedule", init_config.diffusion, mine.diffusion),
+    ):
+        if theirs != ours:
+            raise ConfigError(f"init_generator: {path} has another {what} than the run's {mine.preset} model")
+    if digest != config.init_generator_sha256:
+        raise ConfigError(f"init_generator: the weights in {path} changed since the run recorded them (sha256)")
+    return net
 
 
 class Trainer(LoopTrainer):
@@ -53,6 +79,8 @@ class Trainer(LoopTrainer):
             torch.manual_seed(losses.derive_seed(config.seed, "init"))  # identical initial weights on every rank
             self.generator = NCSNpp(config.model.generator).to(self.device)
             self.discriminator = Discriminator(config.discriminator, self.image_shape[0]).to(self.device)
+        if config.init_generator is not None and not checkpoint_dirs(out_dir):  # a resumed run has its own weights
+            self.generator.load_state_dict(initial_generator(config).state_dict())
         broadcast_parameters(self.generator, self.ctx)
         broadcast_parameters(self.discriminator, self.ctx)
         self.ema = copy.deepcopy(self.generator).eval()
@@ -116,6 +144,9 @@ class Trainer(LoopTrainer):
         loss_d.backward()
         average_gradients(D, self.ctx)
         self.opt_d.step()
+        if self.step < self.config.d_warmup_steps:
+            self.step += 1
+            return {**stats, "loss_d": loss_d.detach()}
 
         _set_requires_grad(D, False)  # the G step only needs gradients through D's input
         self.opt_g.zero_grad(set_to_none=True)
