@@ -148,6 +148,7 @@ def generator_overrides(generator: Any, items: list[str]) -> Any:
 def run_train(args: argparse.Namespace) -> int:
     from ddgan.model.config import ConfigError
     from ddgan.training.data import DataError, build_dataset
+    from ddgan.training.run_state import checkpoint_dirs
     from ddgan.training.runs import open_run, train_run
     from ddgan.training.train_config import TrainConfig, recipe_for
     from ddgan.training.trainer import Trainer, initial_generator
@@ -165,7 +166,7 @@ def run_train(args: argparse.Namespace) -> int:
     g = config.model.generator
     try:  # all input checks happen here, before any model is built or anything is written
         dataset = build_dataset(data, g.image_size, g.num_channels, dataset=config.dataset, seed=config.seed)
-        if config.init_generator is not None and not (args.out / "checkpoints").exists():
+        if config.init_generator is not None and not checkpoint_dirs(args.out):  # the trainer's own test
             initial_generator(config)
     except (DataError, ConfigError) as exc:
         raise SystemExit(f"ddgan train: {exc}") from exc
