@@ -136,6 +136,7 @@ def create_app(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
         body_timeout_s=settings.body_timeout_s,
+        max_json_depth=settings.max_json_depth,
         on_rejected=count_rejected,
     )
     app.add_middleware(RequestContextMiddleware)

@@ -84,6 +84,8 @@ def _unparsable_body(exc: StarletteHTTPException) -> APIError | None:
     cause = exc.__cause__
     if exc.status_code != 400 or cause is None:
         return None
+    if isinstance(cause, APIError):  # raised while the body was read (the JSON depth limit)
+        return cause
     if isinstance(cause, UnicodeDecodeError):
         return APIError(400, "bad_json", "request body is not valid JSON: not UTF-8 text")
     if isinstance(cause, RecursionError):

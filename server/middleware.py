@@ -3,7 +3,8 @@
 `RequestContextMiddleware`: a request id on every response (`X-Request-ID`, the client's if it is sane),
 `Server-Timing` on every response, and any unexpected exception answered as a 500 in the one error shape.
 `BodySizeLimitMiddleware`: bodies over the limit answer 413, by Content-Length or while streaming; a body that
-stalls for longer than the body timeout answers 408.
+stalls for longer than the body timeout answers 408; a JSON body nested deeper than the depth limit answers
+400 `bad_json` before it is parsed (so the answer does not depend on the interpreter's recursion limit).
 """
 
 from __future__ import annotations
@@ -20,11 +21,47 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ddgan.server.errors import error_body
+from ddgan.server.errors import APIError, error_body
 
 logger = logging.getLogger(__name__)
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_JSON_STRUCTURE = re.compile(rb'[\[\]{}"\\]')
+_QUOTE, _BACKSLASH, _OPENERS, _CLOSERS = ord('"'), ord("\\"), b"[{", b"]}"
+
+
+class JSONDepthScanner:
+    """Tracks the bracket depth of a JSON text fed in chunks, outside strings; the text need not be valid."""
+
+    def __init__(self, max_depth: int) -> None:
+        self.max_depth = max_depth
+        self.depth = 0
+        self.in_string = False
+        self.skip_next = False  # the previous chunk ended on a backslash inside a string
+
+    def feed(self, chunk: bytes) -> bool:
+        """False once the text has gone deeper than `max_depth`."""
+        pos = 0
+        if self.skip_next and chunk:
+            self.skip_next, pos = False, 1
+        while (match := _JSON_STRUCTURE.search(chunk, pos)) is not None:
+            char, pos = chunk[match.start()], match.end()
+            if self.in_string:
+                if char == _QUOTE:
+                    self.in_string = False
+                elif char == _BACKSLASH:  # the escaped byte is never structure
+                    if pos == len(chunk):
+                        self.skip_next = True
+                    pos += 1
+            elif char == _QUOTE:
+                self.in_string = True
+            elif char in _OPENERS:
+                self.depth += 1
+                if self.depth > self.max_depth:
+                    return False
+            elif char in _CLOSERS:
+                self.depth -= 1
+        return True
 
 
 async def _send_error(send: Send, status: int, type: str, message: str, request_id: str | None) -> None:
@@ -79,10 +116,16 @@ class BodySizeLimitMiddleware:
     """`on_rejected(path, status)` counts a request answered here (it never reaches a route)."""
 
     def __init__(
-        self, app: ASGIApp, max_body_bytes: int, body_timeout_s: float, on_rejected: Callable[[str, int], None]
+        self,
+        app: ASGIApp,
+        max_body_bytes: int,
+        body_timeout_s: float,
+        max_json_depth: int,
+        on_rejected: Callable[[str, int], None],
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
         self.body_timeout_s = body_timeout_s
         self.on_rejected = on_rejected
 
@@ -99,6 +142,9 @@ class BodySizeLimitMiddleware:
             return
         received = 0
         body_complete = False
+        content_type = dict(scope.get("headers", [])).get(b"content-type", b"").split(b";")[0].strip().lower()
+        is_json = content_type == b"application/json" or content_type.endswith(b"+json")
+        depth = JSONDepthScanner(self.max_json_depth) if is_json else None
 
         async def limited_receive() -> Message:
             nonlocal received, body_complete
@@ -114,6 +160,9 @@ class BodySizeLimitMiddleware:
                 if received > limit:
                     # FastAPI re-raises HTTPExceptions from body reading; the handler renders the error shape.
                     raise HTTPException(413, f"request body exceeds {limit} bytes")
+                if depth is not None and not depth.feed(message.get("body", b"")):
+                    reason = f"request body is not valid JSON: nested deeper than {depth.max_depth} levels"
+                    raise APIError(400, "bad_json", reason)
             return message
 
         await self.app(scope, limited_receive, send)

@@ -51,6 +51,9 @@ class ServerSettings(BaseSettings):
         default=None, description="enables POST /admin/reload for `Bearer <key>` (a key of its own, not api_key)"
     )
     max_body_bytes: int = Field(default=16 * 1024, ge=256, description="largest accepted request body")
+    max_json_depth: int = Field(
+        default=32, ge=2, le=512, description="deepest nesting of a JSON body (400 bad_json beyond, before parsing)"
+    )
     max_header_bytes: int = Field(
         default=16 * 1024, ge=1024, le=1024 * 1024, description="largest request line + headers (431 beyond)"
     )

@@ -30,16 +30,27 @@ async def test_timeout_s_accepts_integers_and_decimals(client):
 
 @pytest.mark.parametrize(
     ("body", "reason"),
-    # 2040 levels (4080 bytes, under this app's 4096-byte limit): deeper than the recursion limit even after
-    # torch.compile's inductor raised it to 2000 in this process (a 1500-deep body then parsed and got a 422).
-    [(b'{"dataset": "mn\xff\xfeist"}', "not UTF-8"), (b"[" * 2040 + b"]" * 2040, "nested too deeply")],
-    ids=["invalid UTF-8", "deeply nested"],
+    # The depth limit (32) is checked while the body streams in, before any parser recurses: 33 levels are
+    # refused, and so are 2040 (once deeper than the recursion limit, whatever torch.compile raised it to).
+    [
+        (b'{"dataset": "mn\xff\xfeist"}', "not UTF-8"),
+        (b'{"dataset": ' + b"[" * 32 + b"]" * 32 + b"}", "nested deeper than 32 levels"),
+        (b"[" * 2040 + b"]" * 2040, "nested deeper than 32 levels"),
+    ],
+    ids=["invalid UTF-8", "33 levels", "2040 levels"],
 )
 async def test_unparsable_bodies_are_bad_json(client, body, reason):
     response = await client.post("/generate", content=body, headers=JSON_HEADERS)
     assert response.status_code == 400
     error = error_of(response)
     assert error["type"] == "bad_json" and reason in error["message"]
+
+
+async def test_brackets_inside_strings_do_not_count_towards_the_depth(client):
+    body = json.dumps({"dataset": "[" * 100 + '\\"{' * 10}).encode()
+    response = await client.post("/generate", content=body, headers=JSON_HEADERS)
+    error = error_of(response)  # parsed, then validated: only the field's own rule refuses it
+    assert response.status_code == 422 and error["details"][0]["field"] == "body.dataset"
 
 
 async def test_a_body_without_content_type_is_415(client):
