@@ -69,11 +69,51 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=int,
         help="torch threads of the spawned server and the raw sampler (default: the CPUs this process may use)",
     )
+    parser.add_argument(
+        "--server-cpus",
+        type=cpu_list,
+        help="CPUs (e.g. 0 or 0-1) of the spawned server and the raw sampler; with --client-cpus, the load "
+        "generator no longer competes with the server for its cores, as when clients run on other hosts",
+    )
+    parser.add_argument("--client-cpus", type=cpu_list, help="CPUs of the load generator (e.g. 1)")
     parser.add_argument("--json", type=Path, help="also write all results as JSON")
     parser.set_defaults(handler=run)
 
 
 # ----- the server -----
+def cpu_list(text: str) -> set[int]:
+    """`0`, `0,2` or `0-3` (the `taskset -c` syntax), checked against the CPUs this process may use."""
+    cpus: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CPU list: {text!r} (e.g. 0 or 0,1 or 0-3)") from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus <= allowed:
+        raise argparse.ArgumentTypeError(f"CPUs {sorted(cpus)} are not a subset of this process's {sorted(allowed)}")
+    return cpus
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """Run this thread (and the threads it starts) on `cpus`; None leaves the affinity alone."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def cpus_text(cpus: set[int] | None) -> str:
+    return "unpinned" if cpus is None else ",".join(map(str, sorted(cpus)))
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -113,7 +153,9 @@ def spawned_server(args: argparse.Namespace, workdir: Path) -> Iterator[str]:
     if args.torch_threads:
         command += ["--torch-threads", str(args.torch_threads)]
     log = workdir / "ddgan.server.log"
-    process = subprocess.Popen(command, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    # The child inherits the affinity at fork, before its interpreter starts any thread.
+    with pinned(args.server_cpus):
+        process = subprocess.Popen(command, cwd=REPO, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, log)
@@ -256,6 +298,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would drown the report
     from ddgan.model.threads import set_threads
 
+    if args.server_cpus is not None and args.torch_threads is None:
+        args.torch_threads = len(args.server_cpus)  # the server's own default inside its mask; the raw sampler's too
     set_threads(args.torch_threads)
     levels = [int(c) for c in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory() as workdir:
@@ -276,28 +320,37 @@ def report(args: argparse.Namespace, url: str, levels: list[int]) -> int:
         f"micro_batch={models['ddgan'].get('micro_batch')} ({models['ddgan'].get('micro_batch_choice')}); "
         f"warm-up ms/image by batch size: {models['ddgan'].get('warmup_ms_per_image')}"
     )
-    print(f"machine: {machine()}\n")
+    print(f"machine: {machine()}")
+    print(f"CPUs: server and raw sampler {cpus_text(args.server_cpus)}, load generator {cpus_text(args.client_cpus)}\n")
+
+    def raw_rates(sampler: Any, batch_sizes: list[int], seconds: float = 3.0) -> dict[int, float]:
+        with pinned(args.server_cpus):
+            return raw_sampler_rates(sampler, batch_sizes, seconds)
+
+    def load(*closed_loop_args: Any) -> LevelResult:
+        with pinned(args.client_cpus):
+            return asyncio.run(closed_loop(*closed_loop_args))
 
     # The raw sampler runs before and after the HTTP runs: on a shared machine the mean of both is the fair base.
     from ddgan.model.images import to_uint8
 
     sampler = load_raw_sampler(args.registry, args.dataset, args.random_weights)
     batches = sorted({1, max_batch})
-    raw_before = raw_sampler_rates(sampler, batches)
-    sweep = [asyncio.run(closed_loop(url, body, c, args.duration, None, "sweep")) for c in levels]
+    raw_before = raw_rates(sampler, batches)
+    sweep = [load(url, body, c, args.duration, None, "sweep") for c in levels]
     print(table(sweep) + "\n")
-    serial = asyncio.run(closed_loop(url, {**body, "n": 1}, 1, args.duration, None, "serial n=1"))
-    batched_n = asyncio.run(closed_loop(url, {**body, "n": max_batch}, 1, args.duration, None, f"one n={max_batch}"))
+    serial = load(url, {**body, "n": 1}, 1, args.duration, None, "serial n=1")
+    batched_n = load(url, {**body, "n": max_batch}, 1, args.duration, None, f"one n={max_batch}")
     saturated = max(sweep, key=lambda r: r.images_per_s)
-    raw_after = raw_sampler_rates(sampler, batches)
+    raw_after = raw_rates(sampler, batches)
     raw = {b: (raw_before[b] + raw_after[b]) / 2 for b in batches}
     # Server at saturation (the sweep's highest concurrency: the most images in flight) vs the raw sampler,
     # interleaved in short rounds so that load drifts on a shared machine hit both alike.
     rounds = []
     busiest = max(levels)
     for _ in range(args.rounds):
-        raw_rate = raw_sampler_rates(sampler, [max_batch], seconds=args.duration / 2)[max_batch]
-        level = asyncio.run(closed_loop(url, body, busiest, args.duration / 2, None, "round"))
+        raw_rate = raw_rates(sampler, [max_batch], seconds=args.duration / 2)[max_batch]
+        level = load(url, body, busiest, args.duration / 2, None, "round")
         rounds.append((level.images_per_s, raw_rate))
 
     print(
@@ -339,9 +392,9 @@ def report(args: argparse.Namespace, url: str, levels: list[int]) -> int:
         if args.ddpm_steps:
             ddpm_body["steps"] = args.ddpm_steps
         steps = args.ddpm_steps or models["ddpm"]["steps"]
-        ddgan_row = asyncio.run(closed_loop(url, {**body, "n": 1}, 1, None, args.ddpm_requests, "ddgan n=1"))
+        ddgan_row = load(url, {**body, "n": 1}, 1, None, args.ddpm_requests, "ddgan n=1")
         ddgan_row.label = f"ddgan ({models['ddgan']['steps']} steps) n=1"
-        ddpm_row = asyncio.run(closed_loop(url, ddpm_body, 1, None, args.ddpm_requests, "ddpm"))
+        ddpm_row = load(url, ddpm_body, 1, None, args.ddpm_requests, "ddpm")
         ddpm_row.label = f"ddpm ({steps} steps) n=1"
         comparison += [ddgan_row, ddpm_row]
         summary["ddpm_over_ddgan_p50"] = ddpm_row.p50_ms / ddgan_row.p50_ms
@@ -351,6 +404,7 @@ def report(args: argparse.Namespace, url: str, levels: list[int]) -> int:
         print(table(comparison) + "\n\n(no ready ddpm model for this dataset: DDGAN vs DDPM skipped)")
     if args.json:
         results: dict[str, Any] = {"machine": machine(), "rows": [asdict(r) for r in sweep + comparison]}
+        results.update(server_cpus=cpus_text(args.server_cpus), client_cpus=cpus_text(args.client_cpus))
         results.update(summary=summary, raw=raw, raw_before=raw_before, raw_after=raw_after, png=png, rounds=rounds)
         args.json.write_text(json.dumps(results, indent=2))
     return 0

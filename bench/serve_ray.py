@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved native / 1 replica / 2 replicas rounds")
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
-    parser.set_defaults(handler=run, spawn=True, torch_threads=1)
+    parser.set_defaults(handler=run, spawn=True, torch_threads=1, server_cpus=None)
 
 
 def ray_registry(registry: Path, dataset: str, replicas: int, workdir: Path) -> Any:
