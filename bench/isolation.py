@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import functools
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ddgan.bench.sampler import machine_description
 from ddgan.model.sampler import open_sampler
 from ddgan.server.batching import BatchQueue, Worker
 from ddgan.server.registry import ModelEntry
@@ -85,7 +85,7 @@ async def main(seconds: float, rounds: int) -> dict[str, Any]:
     ddgan.close(30)
     p50 = {mode: float(np.median(values)) * 1000 for mode, values in results.items()}
     return {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": machine_description(torch.device("cpu")),
         "torch": torch.__version__,
         "rounds": rounds,
         "seconds_per_phase": seconds,

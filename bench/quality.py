@@ -15,7 +15,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shlex
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from ddgan.bench.quality_plot import pareto_front, plot_pareto
+from ddgan.bench.sampler import machine_description
 from ddgan.model.checkpoint import atomic_write_bytes
 from ddgan.model.noise import image_seeds
 from ddgan.model.sampler import open_sampler
@@ -136,7 +136,7 @@ def run_config(config: dict, args: argparse.Namespace, classifier: Any, real: tu
 def _environment() -> dict[str, Any]:
     return {
         "command": shlex.join(["ddgan", *sys.argv[1:]]),
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine_description(torch.device("cpu")),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -31,6 +31,7 @@ from ddgan.model.checkpoint import atomic_write_bytes
 from ddgan.model.config import PRESETS, ModelConfig, get_preset
 from ddgan.model.ddgan_sampler import DDGANSampler
 from ddgan.model.diffusion import SamplingChain
+from ddgan.model.dtypes import cpu_flags
 from ddgan.model.ncsnpp import NCSNpp
 from ddgan.model.noise import image_seeds
 from ddgan.model.sampler import open_sampler
@@ -171,8 +172,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The flags that decide which CPU kernels run (bf16/int8 matrix units, vector width): named beside every figure.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def cpu_speed_flags() -> str:
+    present = cpu_flags()
+    return " ".join(flag for flag in SPEED_FLAGS if flag in present) or "none of " + " ".join(SPEED_FLAGS)
+
+
 def machine_description(device: torch.device) -> str:
-    parts = [f"CPU {cpu_model()} ({os.cpu_count()} logical cores)", f"torch {torch.__version__}"]
+    cpu = f"CPU {cpu_model()} ({os.cpu_count()} logical cores; flags {cpu_speed_flags()})"
+    parts = [cpu, f"torch {torch.__version__}"]
     parts.append(f"{torch.get_num_threads()} intra-op threads")
     if device.type == "cuda":
         parts.append(f"GPU {torch.cuda.get_device_name(device)}")

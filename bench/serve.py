@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import random
 import socket
 import subprocess
@@ -271,13 +270,9 @@ def model_info(url: str, dataset: str) -> dict[str, dict[str, Any]]:
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    from ddgan.bench.sampler import machine_description
+
+    return machine_description(torch.device("cpu"))
 
 
 def table(rows: list[LevelResult]) -> str:
