@@ -353,12 +353,14 @@ class BatchQueue:
         )
         with self._cond:
             state.batch = None
+            # Counted before any handler is told, so that the metrics hold the work once a client has its answer.
             for piece in batch:
-                ticket = piece.ticket
-                if not ticket.finished:  # past its deadline, its handler not told yet
-                    self._fail_locked(ticket, DeadlineExceededError("deadline passed while its batch ran"), "deadline")
                 if self.observer:
-                    self.observer.dropped(piece.work * undone, ticket.drop_reason or "deadline")
+                    self.observer.dropped(piece.work * undone, piece.ticket.drop_reason or "deadline")
+            for piece in batch:
+                if not piece.ticket.finished:  # past its deadline, its handler not told yet
+                    error = DeadlineExceededError("deadline passed while its batch ran")
+                    self._fail_locked(piece.ticket, error, "deadline")
 
     # ----- helpers (caller holds the lock) -----
     def _fits_locked(self, units: int, work: float) -> bool:

@@ -1,4 +1,9 @@
-"""FastAPI dependencies: the engine, the serving layer, the jobs, the settings, the metrics and the API key."""
+"""FastAPI dependencies: the engine, the serving layer, the jobs, the settings, the metrics and the API key.
+
+Every dependency is `async def`: FastAPI runs a plain `def` dependency in its thread pool, a thread hop (and a
+GIL hand-off with the busy sampler thread) per dependency per request, and on a loaded core those hops cost more
+than the request's own HTTP work.
+"""
 
 from __future__ import annotations
 
@@ -16,27 +21,27 @@ from ddgan.server.settings import ServerSettings
 from ddgan.server.tickets import Priority
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_settings(request: Request) -> ServerSettings:
+async def get_settings(request: Request) -> ServerSettings:
     settings: ServerSettings = request.app.state.settings
     return settings
 
 
-def get_service(request: Request) -> GenerationService:
+async def get_service(request: Request) -> GenerationService:
     service: GenerationService = request.app.state.service
     return service
 
 
-def get_metrics(request: Request) -> ServerMetrics:
+async def get_metrics(request: Request) -> ServerMetrics:
     metrics: ServerMetrics = request.app.state.metrics
     return metrics
 
 
-def require_api_key(request: Request, settings: Annotated[ServerSettings, Depends(get_settings)]) -> None:
+async def require_api_key(request: Request, settings: Annotated[ServerSettings, Depends(get_settings)]) -> None:
     """With `DDGAN_API_KEY` (or `DDGAN_KEY_PRIORITIES`) set, callers send `Authorization: Bearer <key>`
     (compared in constant time, against every key); a mapped key's priority goes to `request.state.key_priority`."""
     keys: dict[str, Priority] = {k: Priority(p) for k, p in settings.key_priorities.items()}
@@ -56,13 +61,13 @@ def require_api_key(request: Request, settings: Annotated[ServerSettings, Depend
         )  # fmt: skip
 
 
-def job_owner(request: Request) -> str | None:
+async def job_owner(request: Request) -> str | None:
     """Who a job belongs to: the bearer token sent (checked by `require_api_key` where a key is set), digested."""
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return owner_of(token.strip()) if scheme.lower() == "bearer" else None
 
 
-def get_jobs(request: Request) -> JobService:
+async def get_jobs(request: Request) -> JobService:
     jobs: JobService = request.app.state.jobs
     return jobs
 

@@ -90,7 +90,8 @@ class RegistryReloader:
             withdrawn = self.runtime.withdraw(key)
             if withdrawn is not None:
                 self._retire(withdrawn)
-        self._task = asyncio.create_task(self._load(added, changed), name=f"reload-{self.generation}")
+        if added or changed:  # nothing to load: no task, so the next reload is not refused as busy
+            self._task = asyncio.create_task(self._load(added, changed), name=f"reload-{self.generation}")
         self.metrics.registry_reload("applied")
         plan = ReloadPlan(
             generation=self.generation,

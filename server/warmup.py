@@ -2,25 +2,25 @@
 
 A batch-invariant model runs every forward pass at one fixed size (only the last pass of a batch is padded),
 so an image is bit-identical alone or in any batch. Padding to `max_batch_images` made a one-image request pay
-for a full batch; the smallest size that keeps (almost) the best per-image throughput costs a small request
-little and a full batch nothing. Warm-up times the candidate sizes on the unpadded sampler and picks the
-smallest whose images/s is within `MICRO_BATCH_TOLERANCE` of the best; once a size is slower per image than that
-tolerance below the best so far, the larger (and longer) sizes are not timed: on a CPU a 256x256 model ran one
-image at a time fastest, and timing 2..16 images as well kept `--random-weights` from being ready for minutes.
-The choice is a measurement: two
-processes may pick different sizes, and images agree bit for bit only at one size, so the size is reported
-(/v1/models, the log) and a registry `micro_batch = N` pins it across replicas.
+for a full batch. Warm-up times the candidate sizes on the unpadded sampler and compares their rows: every
+smaller size whose images are bit-identical to a larger size's (on the same seeds) can serve as that size's
+`remainder_size`, and a call's last pass pads only up to the smallest of those that holds it. Which sizes agree
+is a property of the kernels on this device and thread count (measured, never assumed).
 
-Padding a one-image request to a full micro-batch still costs it the whole pass, so warm-up also compares the
-rows: every smaller timed size whose images are bit-identical to the micro-batch's (on the same seeds) becomes
-a `remainder_size`, and a call's last pass pads only up to the smallest of those that holds it. Which sizes
-agree is a property of the kernels on this device and thread count (measured, never assumed).
+The choice: when every smaller timed size agrees with the fastest size per image, that size serves (a small
+request still pays only its own pass); otherwise the smallest size whose images/s is within
+`MICRO_BATCH_TOLERANCE` of the best, which a small request pays in full. Once two sizes in a row are slower per
+image than that tolerance below the best so far, the larger (and longer) sizes are not timed: on a CPU a
+256x256 model ran one image at a time fastest, and timing 2..16 images as well kept `--random-weights` from
+being ready for minutes (one slow size alone is not enough: a noisy timing of 16 once hid a faster 32).
+The choice is a measurement: two processes may pick different sizes, and images agree bit for bit only at one
+size, so the size is reported (/v1/models, the log) and a registry `micro_batch = N` pins it across replicas.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +63,21 @@ def pick_micro_batch(seconds: Mapping[int, float], tolerance: float = MICRO_BATC
     return min(size for size, rate in rates.items() if rate >= (1 - tolerance) * best)
 
 
+def choose_micro_batch(
+    seconds: Mapping[int, float], agreeing: Callable[[int], list[int]]
+) -> tuple[int, list[int], str]:
+    """(micro-batch, its remainder sizes, how it was chosen) from the timed sizes; `agreeing(size)` lists the
+    smaller sizes whose rows are bit-identical to that size's."""
+    rates = {size: size / max(elapsed, 1e-9) for size, elapsed in seconds.items()}
+    fastest = max(rates, key=lambda size: (rates[size], size))
+    remainders = agreeing(fastest)
+    if remainders == sorted(size for size in seconds if size < fastest):
+        return fastest, remainders, f"measured: the fastest per image of {list(seconds)}, every smaller size agreeing"
+    chosen = pick_micro_batch(seconds)
+    how = f"measured: the smallest of {list(seconds)} within {MICRO_BATCH_TOLERANCE:.0%} of the best images/s"
+    return chosen, agreeing(chosen), how
+
+
 def time_batch(sampler: Sampler, size: int, steps: int, progress: Progress | None = None) -> tuple[float, Tensor]:
     """Seconds of the fastest of up to MAX_RUNS calls at `size` images (fewer once MIN_TIMED_S is spent), and
     the images of seeds 0..size-1."""
@@ -89,16 +104,17 @@ def agreeing_sizes(images: Mapping[int, Tensor], reference: int) -> list[int]:
 def _time_sizes(
     raw: Sampler, sizes: Sequence[int], steps: int, progress: Progress | None, stop_when_slower: bool
 ) -> dict[int, tuple[float, Tensor]]:
-    """`time_batch` of each size, smallest first; with `stop_when_slower`, none after the first size whose
-    images/s is below (1 - MICRO_BATCH_TOLERANCE) x the best so far (it can be neither chosen nor a remainder
-    of a smaller choice). Without it every size runs: a model serves each of them and warms them all."""
+    """`time_batch` of each size, smallest first; with `stop_when_slower`, none after the second size in a row
+    whose images/s is below (1 - MICRO_BATCH_TOLERANCE) x the best so far. Without it every size runs: a model
+    serves each of them and warms them all."""
     timed: dict[int, tuple[float, Tensor]] = {}
-    best = 0.0
+    best, slower_in_a_row = 0.0, 0
     for size in sorted(sizes):
         elapsed, rows = time_batch(raw, size, steps, progress)
         timed[size] = (elapsed, rows)
         rate = size / max(elapsed, 1e-9)
-        if stop_when_slower and rate < (1 - MICRO_BATCH_TOLERANCE) * best:
+        slower_in_a_row = slower_in_a_row + 1 if rate < (1 - MICRO_BATCH_TOLERANCE) * best else 0
+        if stop_when_slower and slower_in_a_row == 2:
             break
         best = max(best, rate)
     return timed
@@ -118,12 +134,15 @@ def warm_up(entry: ModelEntry, sampler: Sampler, progress: Progress | None = Non
     if not entry.batch_invariant:
         return WarmedUp(sampler, seconds, None, steps)
     images = {size: rows for size, (_, rows) in timed.items()}
+
+    def agreeing(size: int) -> list[int]:
+        return agreeing_sizes(images, size) if size in images else []
+
     if info.micro_batch is None:
-        chosen = pick_micro_batch(seconds)
-        how = f"measured: the smallest of {list(seconds)} within {MICRO_BATCH_TOLERANCE:.0%} of the best images/s"
+        chosen, remainders, how = choose_micro_batch(seconds, agreeing)
     else:
         chosen, how = info.micro_batch, "registry"
-    remainders = agreeing_sizes(images, chosen) if chosen in images else []
+        remainders = agreeing(chosen)
     choice = f"{how}; last passes of {remainders or 'no smaller size'} (bit-identical rows)"
     return WarmedUp(sampler.with_micro_batch(chosen, remainders), seconds, choice, steps)
 

@@ -16,7 +16,7 @@ from ddgan.server.schemas import ErrorResponse
 router = APIRouter(tags=["operations"])
 
 
-def require_admin_key(request: Request, settings: SettingsDep) -> None:
+async def require_admin_key(request: Request, settings: SettingsDep) -> None:
     """The admin API exists only with `DDGAN_ADMIN_KEY` set; callers send `Authorization: Bearer <admin key>`."""
     if settings.admin_key is None:
         raise APIError(404, "not_found", "the admin API is disabled (set DDGAN_ADMIN_KEY to enable it)")

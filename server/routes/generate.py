@@ -18,7 +18,7 @@ from ddgan.server.serving import CLIENT_CLOSED
 router = APIRouter(tags=["generate"])
 
 
-def require_json_body(request: Request) -> None:
+async def require_json_body(request: Request) -> None:
     """The body must say it is JSON: a body without a content type is not guessed at (415, like a form body)."""
     content_type = request.headers.get("content-type")
     if content_type is None or content_type.split(";")[0].strip().lower() != "application/json":

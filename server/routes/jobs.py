@@ -25,7 +25,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse} for code in (401, *codes)}
 
 
-def owned_job(job_id: str, jobs: JobsDep, owner: JobOwner) -> Job:
+async def owned_job(job_id: str, jobs: JobsDep, owner: JobOwner) -> Job:
     """The caller's job (a dependency: a 404 is answered before any response, the event stream's included)."""
     job = jobs.store.get(job_id, owner)
     if job is None:

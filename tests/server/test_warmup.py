@@ -13,7 +13,7 @@ from ddgan.model.dtypes import preferred_dtype
 from ddgan.server import warmup
 from ddgan.server.loader import load_entry
 from ddgan.server.registry import load_registry
-from ddgan.server.warmup import pick_micro_batch, warm_up, without_warm_up
+from ddgan.server.warmup import agreeing_sizes, choose_micro_batch, pick_micro_batch, warm_up, without_warm_up
 from tests.server.conftest import make_app, write_registry
 
 
@@ -24,6 +24,21 @@ def test_pick_micro_batch_is_the_smallest_size_within_ten_percent_of_the_best_ra
     assert pick_micro_batch({1: 1.0, 2: 1.0, 4: 1.0}) == 4  # fixed cost per pass: the largest size
     with pytest.raises(ValueError):
         pick_micro_batch({})
+
+
+def test_the_fastest_size_serves_when_every_smaller_size_agrees_with_it() -> None:
+    seconds = {1: 0.1, 2: 0.12, 4: 0.21, 8: 0.4, 16: 0.7}  # images/s 10, 16.7, 19.0, 20, 22.9
+    chosen, remainders, how = choose_micro_batch(seconds, lambda size: [s for s in (1, 2, 4, 8) if s < size])
+    assert (chosen, remainders) == (16, [1, 2, 4, 8]) and "fastest" in how
+    # size 2 rounds differently from 16: a one-image request would pay 4 images' pass, so fall back to the
+    # smallest size within 10 % of the best (4: 19.0 >= 0.9 x 22.9 is false; 8: 20 >= 20.6 is false; 16)
+    only_some = {16: [1, 4, 8], 8: [1, 4], 4: [1]}
+    chosen, remainders, how = choose_micro_batch(seconds, lambda size: only_some.get(size, []))
+    assert (chosen, remainders) == (16, [1, 4, 8]) and "within 10%" in how
+    flat = {1: 0.1, 2: 0.2, 4: 0.41}  # per-image time flat: one image per pass is fastest, nothing smaller
+    assert choose_micro_batch(flat, lambda size: [])[:2] == (1, [])
+    near = {1: 0.1, 2: 0.12, 4: 0.21, 8: 0.4}  # best 8 (20/s); 4 (19/s) is within 10 % and 1 does not agree
+    assert choose_micro_batch(near, lambda size: {8: [2, 4], 4: [2]}.get(size, []))[:2] == (4, [2])
 
 
 def test_warm_up_serves_the_measured_size_and_images_stay_bit_identical(tiny_models: Path, monkeypatch) -> None:
@@ -41,8 +56,12 @@ def test_warm_up_serves_the_measured_size_and_images_stay_bit_identical(tiny_mod
     monkeypatch.setattr(warmup, "time_batch", fake_time)
     warmed = warm_up(entry, sampler)
     assert timed == [1, 2, 4, 8] and warmed.seconds == costs
-    assert warmed.sampler.info.micro_batch == 4 and warmed.micro_batch_choice.startswith("measured")
-    assert warmed.throughput_sample == (4 * sampler.info.default_steps, 0.21)
+    # 8 is the fastest per image; it serves if this CPU's kernels give 1, 2 and 4 the same bits as 8, else 4
+    # (the smallest within 10 % of the best)
+    agree = agreeing_sizes({size: sampler.sample(list(range(size))) for size in costs}, 8) == [1, 2, 4]
+    expected = 8 if agree else 4
+    assert warmed.sampler.info.micro_batch == expected and warmed.micro_batch_choice.startswith("measured")
+    assert warmed.throughput_sample == (expected * sampler.info.default_steps, costs[expected])
     served = warmed.sampler
     batch = served.sample([30, 31, 32, 33, 34, 35])  # a full micro-batch, then a padded one
     assert torch.equal(served.sample([35]), batch[5:6])
@@ -54,19 +73,29 @@ def test_warm_up_serves_the_measured_size_and_images_stay_bit_identical(tiny_mod
     assert without_warm_up(pinned, load_entry(pinned)).micro_batch_choice == "registry"
 
 
-def test_warm_up_stops_timing_once_a_size_is_slower_per_image(tiny_models: Path, monkeypatch) -> None:
+def test_warm_up_stops_timing_once_two_sizes_in_a_row_are_slower_per_image(tiny_models: Path, monkeypatch) -> None:
     entry = load_registry(write_registry(tiny_models)).get("mnist", "ddgan")
     assert entry is not None and entry.batch_sizes == (1, 2, 4, 8)
     timed: list[int] = []
 
     def fake_time(raw, size: int, steps: int, *_progress: object) -> tuple[float, torch.Tensor]:
-        timed.append(size)  # images/s 10, 8: size 2 is 20 % below the best, so 4 and 8 are never run
-        return {1: 0.1, 2: 0.25, 4: 0.3, 8: 0.5}[size], raw.sample(list(range(size)), steps=steps)
+        timed.append(size)  # images/s 10, 8, 6.7: sizes 2 and 4 are both over 10 % below the best, so 8 never runs
+        return {1: 0.1, 2: 0.25, 4: 0.6, 8: 0.5}[size], raw.sample(list(range(size)), steps=steps)
 
     monkeypatch.setattr(warmup, "time_batch", fake_time)
     warmed = warm_up(entry, load_entry(entry))
-    assert timed == [1, 2] and warmed.sampler.info.micro_batch == 1
-    assert "[1, 2]" in warmed.micro_batch_choice
+    assert timed == [1, 2, 4] and warmed.sampler.info.micro_batch == 1
+    assert "[1, 2, 4]" in warmed.micro_batch_choice
+    timed.clear()
+    one_slow = {1: 0.1, 2: 0.25, 4: 0.2, 8: 0.35}  # 2 is slow (a noisy timing), 4 and 8 faster: all are timed
+
+    def noisy_time(raw, size: int, steps: int, *_progress: object) -> tuple[float, torch.Tensor]:
+        timed.append(size)
+        return one_slow[size], raw.sample(list(range(size)), steps=steps)
+
+    monkeypatch.setattr(warmup, "time_batch", noisy_time)
+    warm_up(entry, load_entry(entry))
+    assert timed == [1, 2, 4, 8]
     timed.clear()  # a registry micro-batch serves every size: each is warmed, none skipped
     pinned = entry.model_copy(update={"micro_batch": 4})
     assert warm_up(pinned, load_entry(pinned)).sampler.info.micro_batch == 4
@@ -95,7 +124,8 @@ class SizeDependentSampler:
 def test_warm_up_keeps_only_the_smaller_sizes_whose_bits_agree(tiny_models: Path, monkeypatch) -> None:
     entry = load_registry(write_registry(tiny_models)).get("mnist", "ddgan")
     assert entry is not None and entry.batch_sizes == (1, 2, 4, 8)
-    monkeypatch.setattr(warmup, "pick_micro_batch", lambda seconds: 8)  # the timing is not under test
+    # the timing is not under test: 8 serves whatever agrees
+    monkeypatch.setattr(warmup, "choose_micro_batch", lambda seconds, agreeing: (8, agreeing(8), "measured"))
     real = warm_up(entry, load_entry(entry))
     assert real.sampler.info.micro_batch == 8
     skewed = warm_up(entry, SizeDependentSampler(load_entry(entry)))
