@@ -65,7 +65,11 @@ def run(stage: str, plan: Plan, record: StageRecord) -> bool:
             REPO / "models" / "registry.toml", dataset, workdir / "source.toml", plan.serve_registry_overrides
         )
         args = argparse.Namespace(
-            registry=registry, dataset=dataset, random_weights=True, torch_threads=plan.serve_torch_threads
+            registry=registry,
+            dataset=dataset,
+            random_weights=True,
+            torch_threads=plan.serve_torch_threads,
+            server_cpus=None,  # the device's every CPU: pinning is a CPU-bench option
         )
         body = {"dataset": dataset, "n": n}
         started = time.perf_counter()
