@@ -34,14 +34,26 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval",
         help="score a model: MNIST-classifier modes / FD (offline), FID / IS / precision-recall (Inception)",
-        description="Sample a DDGAN or DDPM model directory with explicit seeds and score the samples.",
+        description="Sample a DDGAN or DDPM model directory with explicit seeds and score the samples, or score "
+        "sample folders written by earlier runs (--samples).",
     )
-    p.add_argument(
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--model",
-        required=True,
         help="model directory (DDGAN: config.json + generator.safetensors; DDPM: diffusers unet/ + scheduler/)",
     )
-    p.add_argument("--n", type=positive_int, default=None, help="samples to score (default 10000; 26000 for 3-channel)")
+    source.add_argument(
+        "--samples",
+        nargs="+",
+        metavar="DIR",
+        help="score the NNNNNNNN.png samples of these folders (shards of --save-samples runs) instead of sampling",
+    )
+    p.add_argument(
+        "--n",
+        type=positive_int,
+        default=None,
+        help="samples to score (default 10000; 26000 for 3-channel; --samples: all, or the n lowest seeds)",
+    )
     p.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--steps", type=int, default=None, help="DDPM inference steps (default: the model's)")
@@ -56,7 +68,10 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
         "--class-grid",
         help="with --classifier on MNIST: a PNG grid with one row per digit the classifier assigns (first 10 each)",
     )
-    p.add_argument("--save-samples", help="write every sample as PNG into this directory")
+    p.add_argument(
+        "--save-samples",
+        help="write every sample as PNG into this directory, with a manifest naming the model, steps and seeds",
+    )
     add_common_flags(p)
     p.set_defaults(handler=run_eval)
 
@@ -84,16 +99,21 @@ def generate(sampler, seeds: list[int], batch_size: int, steps: int | None, prog
     return torch.cat(batches)
 
 
-def _write_pngs(images: torch.Tensor, seeds: list[int], grid: str | None, folder: str | None) -> None:
+def _write_grid(images: torch.Tensor, grid: str) -> None:
     from ddgan.model.checkpoint import atomic_write_bytes
     from ddgan.model.images import encode_png, make_grid, to_uint8
 
-    pixels = to_uint8(images)
-    if grid:
-        atomic_write_bytes(Path(grid), encode_png(make_grid(pixels[:100], columns=10), compress_level=6))
-    if folder:
-        for seed, image in zip(seeds, pixels, strict=True):
-            atomic_write_bytes(Path(folder) / f"{seed:08d}.png", encode_png(image))
+    atomic_write_bytes(Path(grid), encode_png(make_grid(to_uint8(images[:100]), columns=10), compress_level=6))
+
+
+def _save_samples(images: torch.Tensor, seeds: list[int], folder: str, model: str, identity: dict) -> None:
+    from ddgan.model.checkpoint import atomic_write_bytes
+    from ddgan.model.images import encode_png, to_uint8
+    from ddgan.training.sample_folders import sample_file_name, write_manifest
+
+    for seed, image in zip(seeds, to_uint8(images), strict=True):
+        atomic_write_bytes(Path(folder) / sample_file_name(seed), encode_png(image))
+    write_manifest(Path(folder), identity, model, seeds[0], seeds[-1])  # last: a cut run leaves no manifest
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -102,20 +122,22 @@ def run_eval(args: argparse.Namespace) -> int:
     from ddgan.model.sampler import SamplerError
     from ddgan.training.classifier import ClassifierError
     from ddgan.training.inception import InceptionWeightsError
+    from ddgan.training.sample_folders import SampleFolderError
 
     try:
         return _run_eval(args)
     except (
-        CheckpointError, ConfigError, SamplerError, ClassifierError, InceptionWeightsError, FileNotFoundError
+        CheckpointError, ConfigError, SamplerError, ClassifierError, InceptionWeightsError, FileNotFoundError,
+        SampleFolderError,
     ) as exc:  # fmt: skip
         raise SystemExit(f"ddgan eval: {exc}") from exc
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from ddgan.model.checkpoint import atomic_write_bytes
-    from ddgan.model.noise import image_seeds
-    from ddgan.training.mode_coverage import DEFAULT_SAMPLES
 
+    if args.samples and (args.save_samples or args.steps is not None):
+        raise SystemExit("ddgan eval: --samples scores existing images; --save-samples and --steps need --model")
     if not (args.classifier or args.inception_weights):
         raise SystemExit("ddgan eval: give --classifier (offline MNIST metrics) and/or --inception-weights + --fid-ref")
     if args.inception_weights and not args.fid_ref:
@@ -136,27 +158,13 @@ def _run_eval(args: argparse.Namespace) -> int:
         from ddgan.training.inception import load_inception
 
         inception = load_inception(args.inception_weights, args.device)
-    sampler = _load_sampler(args.model, args.device)
-    info = sampler.info
-    steps = info.check_steps(args.steps)
-    channels = info.image_shape[0]
-    n = args.n or DEFAULT_SAMPLES[channels]
-    seeds = image_seeds(args.seed, n)
-    start = time.time()
-    images = generate(sampler, seeds, args.batch_size, steps, progress=not args.no_progress)
-    report: dict = {
-        "model": str(args.model),
-        "sampler": info.kind,
-        "steps": steps,
-        "num_samples": n,
-        "seeds": [args.seed, args.seed + n - 1],
-        "sampling_seconds": round(time.time() - start, 1),
-    }
-    _write_pngs(images, seeds, args.grid, args.save_samples)
+    images, seeds, report = _read_samples(args) if args.samples else _sample_model(args)
+    if args.grid:
+        _write_grid(images, args.grid)
     text: list[str] = []
     if classifier is not None:
         report["classifier"] = {"path": str(args.classifier), "test_accuracy": classifier_meta.get("test_accuracy")}
-        report.update(_offline_metrics(classifier, images, real_mnist, args.seed, text, args.class_grid))
+        report.update(_offline_metrics(classifier, images, real_mnist, seeds[0], text, args.class_grid))
     if inception is not None:
         from ddgan.training.evaluation import inception_metrics
 
@@ -166,9 +174,62 @@ def _run_eval(args: argparse.Namespace) -> int:
             text.append("precision {precision:.3f}  recall {recall:.3f}".format(**report["inception"]))
     if args.out:
         atomic_write_bytes(Path(args.out), (json.dumps(report, indent=2) + "\n").encode())
-    sys.stdout.write(f"{args.model} ({info.kind}, {report['steps']} steps, {n} samples, seeds {args.seed}..)\n")
+    source = args.model or ", ".join(args.samples)
+    sampler = f"{report['sampler']}, {report['steps']} steps" if report["sampler"] else "unknown sampler"
+    sys.stdout.write(f"{source} ({sampler}, {len(seeds)} samples, seeds {seeds[0]}..{seeds[-1]})\n")
     sys.stdout.write("\n".join(text) + "\n")
     return 0
+
+
+def _sample_model(args: argparse.Namespace) -> tuple[torch.Tensor, list[int], dict]:
+    from ddgan.model.noise import image_seeds
+    from ddgan.training.mode_coverage import DEFAULT_SAMPLES
+
+    sampler = _load_sampler(args.model, args.device)
+    info = sampler.info
+    steps = info.check_steps(args.steps)
+    n = args.n or DEFAULT_SAMPLES[info.image_shape[0]]
+    seeds = image_seeds(args.seed, n)
+    start = time.time()
+    images = generate(sampler, seeds, args.batch_size, steps, progress=not args.no_progress)
+    report: dict = {
+        "model": str(args.model),
+        "sampler": info.kind,
+        "steps": steps,
+        "num_samples": n,
+        "seeds": [seeds[0], seeds[-1]],
+        "sampling_seconds": round(time.time() - start, 1),
+    }
+    if args.save_samples:
+        identity = {
+            "sampler": info.kind,
+            "weights_digest": info.weights_digest,
+            "backend": info.backend,
+            "device": info.device.split(":", 1)[0],  # images repeat per device type, not per device index
+            "dtype": info.dtype,
+            "steps": steps,
+            "image_shape": list(info.image_shape),
+        }
+        _save_samples(images, seeds, args.save_samples, str(args.model), identity)
+    return images, seeds, report
+
+
+def _read_samples(args: argparse.Namespace) -> tuple[torch.Tensor, list[int], dict]:
+    from ddgan.training.sample_folders import read_sample_folders
+
+    found = read_sample_folders(args.samples, limit=args.n)
+    identity = found.identity or {}
+    report: dict = {
+        "samples": list(args.samples),
+        "model": found.models[0] if len(found.models) == 1 else found.models or None,
+        "sampler": identity.get("sampler"),
+        "steps": identity.get("steps"),
+        "num_samples": len(found.seeds),
+        "seeds": [found.seeds[0], found.seeds[-1]],
+        "seeds_contiguous": found.seeds[-1] - found.seeds[0] + 1 == len(found.seeds),
+        "provenance": found.identity,
+    }
+    return found.images, found.seeds, report
 
 
 def _offline_metrics(
