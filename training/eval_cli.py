@@ -46,7 +46,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
         "--samples",
         nargs="+",
         metavar="DIR",
-        help="score the NNNNNNNN.png samples of these folders (shards of --save-samples runs) instead of sampling",
+        help="score the samples of these folders / .npz archives (--save-samples shards) instead of sampling",
     )
     p.add_argument(
         "--n",
@@ -70,7 +70,7 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--save-samples",
-        help="write every sample as PNG into this directory, with a manifest naming the model, steps and seeds",
+        help="write every sample into this folder (PNGs) or .npz archive, with a manifest of model, steps and seeds",
     )
     add_common_flags(p)
     p.set_defaults(handler=run_eval)
@@ -106,14 +106,19 @@ def _write_grid(images: torch.Tensor, grid: str) -> None:
     atomic_write_bytes(Path(grid), encode_png(make_grid(to_uint8(images[:100]), columns=10), compress_level=6))
 
 
-def _save_samples(images: torch.Tensor, seeds: list[int], folder: str, model: str, identity: dict) -> None:
+def _save_samples(images: torch.Tensor, seeds: list[int], target: str, model: str, identity: dict) -> None:
+    """A `.npz` archive, or a folder of PNGs whose manifest is written last (a cut run leaves no manifest)."""
     from ddgan.model.checkpoint import atomic_write_bytes
     from ddgan.model.images import encode_png, to_uint8
-    from ddgan.training.sample_folders import sample_file_name, write_manifest
+    from ddgan.training.sample_folders import manifest, sample_file_name, write_archive, write_manifest
 
-    for seed, image in zip(seeds, to_uint8(images), strict=True):
-        atomic_write_bytes(Path(folder) / sample_file_name(seed), encode_png(image))
-    write_manifest(Path(folder), identity, model, seeds[0], seeds[-1])  # last: a cut run leaves no manifest
+    pixels, body = to_uint8(images), manifest(identity, model, seeds)
+    if target.endswith(".npz"):
+        write_archive(Path(target), pixels, seeds, body)
+        return
+    for seed, image in zip(seeds, pixels, strict=True):
+        atomic_write_bytes(Path(target) / sample_file_name(seed), encode_png(image))
+    write_manifest(Path(target), body)
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -1,14 +1,17 @@
-"""Sample folders: `ddgan eval --save-samples` writes one PNG per seed plus a manifest; `--samples` scores folders.
+"""Saved samples: `ddgan eval --save-samples` writes them, `--samples` scores them instead of sampling.
 
-A long evaluation (the DDPM at 1000 steps: about an hour per 1,000 MNIST images on two CPU cores) can then run in
-shards, `--seed 0 --n 2500`, `--seed 2500 --n 2500`, ... into one folder or several, on different days, and be
-scored once over all of them. The PNGs hold exactly the 8-bit levels `ddgan eval` scores, so scoring a folder
-gives the figures a single run over the same seeds would. Folders of images from elsewhere (a server's
+Two forms: a folder of one PNG per seed (`NNNNNNNN.png`) plus a manifest per shard (`samples-FIRST-LAST.json`),
+or one `.npz` archive (`images` (N, H, W, C) uint8, `seeds` (N,), `manifest` a JSON string; no pickles), the
+form a device run sends back. A long evaluation (the DDPM at 1000 steps: about an hour per 1,000 MNIST images on
+two CPU cores) can then run in shards, `--seed 0 --n 2500`, `--seed 2500 --n 2500`, ..., on different days or
+machines, and be scored once over all of them. Both forms hold exactly the 8-bit levels `ddgan eval` scores, so
+scoring them gives the figures a single run over the same seeds would. PNGs from elsewhere (a server's
 responses) score too; without a manifest their provenance is reported as unknown.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from dataclasses import dataclass
@@ -37,11 +40,26 @@ def sample_file_name(seed: int) -> str:
     return f"{seed:08d}.png"
 
 
-def write_manifest(folder: Path, identity: dict[str, Any], model: str, first_seed: int, last_seed: int) -> Path:
-    """Record which sampler, weights and steps drew seeds first..last into `folder` (one file per shard)."""
-    path = folder / f"samples-{first_seed:08d}-{last_seed:08d}.json"
-    body = {"format": MANIFEST_FORMAT, "model": model, **identity, "seeds": [first_seed, last_seed]}
+def manifest(identity: dict[str, Any], model: str, seeds: list[int]) -> dict[str, Any]:
+    """What drew `seeds`: the sampler's identity (`IDENTITY_KEYS`), the model path, the first and last seed."""
+    return {"format": MANIFEST_FORMAT, "model": model, **identity, "seeds": [min(seeds), max(seeds)]}
+
+
+def write_manifest(folder: Path, body: dict[str, Any]) -> Path:
+    """A folder shard's manifest, named by its seed range (one file per shard)."""
+    first, last = body["seeds"]
+    path = folder / f"samples-{first:08d}-{last:08d}.json"
     atomic_write_bytes(path, (json.dumps(body, indent=2) + "\n").encode())
+    return path
+
+
+def write_archive(path: Path, pixels: np.ndarray, seeds: list[int], body: dict[str, Any]) -> Path:
+    """Samples (N, H, W, C) uint8 with their seeds and manifest as one compressed `.npz`, written atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer, images=pixels, seeds=np.asarray(seeds, dtype=np.int64), manifest=np.asarray(json.dumps(body))
+    )
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -55,38 +73,28 @@ class SampleSet:
     models: list[str]
 
 
-def _read_manifests(folders: list[Path]) -> tuple[dict[str, Any] | None, list[str], list[tuple[int, int]]]:
-    """The shared identity of every manifest in the folders, the model paths they name, and their seed ranges."""
-    manifests = []
-    for folder in folders:
-        for path in sorted(folder.glob(MANIFEST_GLOB)):
-            try:
-                body = json.loads(path.read_text())
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise SampleFolderError(f"{path}: not a readable samples manifest ({exc})") from None
-            seeds = body.get("seeds") if isinstance(body, dict) else None
-            if not (
-                isinstance(body, dict)
-                and body.get("format") == MANIFEST_FORMAT
-                and isinstance(seeds, list)
-                and len(seeds) == 2
-                and all(isinstance(seed, int) for seed in seeds)
-            ):
-                raise SampleFolderError(f"{path}: not a samples manifest (format {MANIFEST_FORMAT!r} expected)")
-            manifests.append((path, body))
-    if not manifests:
-        return None, [], []
-    first_path, first = manifests[0]
-    identity = {key: first.get(key) for key in IDENTITY_KEYS}
-    for path, body in manifests[1:]:
-        for key in IDENTITY_KEYS:
-            if body.get(key) != identity[key]:
-                raise SampleFolderError(
-                    f"{path} and {first_path} disagree on {key} ({body.get(key)!r} vs {identity[key]!r}): "
-                    "not samples of one model"
-                )
-    ranges = [(body["seeds"][0], body["seeds"][1]) for _, body in manifests]
-    return identity, sorted({str(body.get("model")) for _, body in manifests}), ranges
+def _check_manifest(body: Any, where: str) -> dict[str, Any]:
+    seeds = body.get("seeds") if isinstance(body, dict) else None
+    if not (
+        isinstance(body, dict)
+        and body.get("format") == MANIFEST_FORMAT
+        and isinstance(seeds, list)
+        and len(seeds) == 2
+        and all(isinstance(seed, int) for seed in seeds)
+    ):
+        raise SampleFolderError(f"{where}: not a samples manifest (format {MANIFEST_FORMAT!r} expected)")
+    return body
+
+
+def _folder_manifests(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for path in sorted(folder.glob(MANIFEST_GLOB)):
+        try:
+            body = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SampleFolderError(f"{path}: not a readable samples manifest ({exc})") from None
+        found.append((str(path), _check_manifest(body, str(path))))
+    return found
 
 
 def _read_png(path: Path) -> np.ndarray:
@@ -100,34 +108,80 @@ def _read_png(path: Path) -> np.ndarray:
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
-def read_sample_folders(folders: list[str], limit: int | None = None) -> SampleSet:
-    """Every `NNNNNNNN.png` of the folders as one sample set; `limit`: only the `limit` lowest seeds.
+def _read_archive(path: Path) -> tuple[np.ndarray, list[int], dict[str, Any] | None]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"images", "seeds"} - set(data.files)
+            if missing:
+                raise SampleFolderError(f"{path}: a samples archive needs {sorted(missing)} (it has {data.files})")
+            images, seeds = data["images"], data["seeds"]
+            text = str(data["manifest"]) if "manifest" in data.files else None
+    except (OSError, ValueError, EOFError) as exc:
+        raise SampleFolderError(f"{path}: not a readable .npz samples archive ({exc})") from None
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise SampleFolderError(f"{path}: images must be (N, H, W, 1 or 3) uint8, got {images.shape} {images.dtype}")
+    if seeds.shape != (len(images),) or seeds.dtype.kind not in "iu":
+        raise SampleFolderError(f"{path}: seeds must be one integer per image, got {seeds.shape} {seeds.dtype}")
+    body = None
+    if text is not None:
+        try:
+            body = _check_manifest(json.loads(text), str(path))
+        except json.JSONDecodeError as exc:
+            raise SampleFolderError(f"{path}: its manifest is not JSON ({exc})") from None
+    return images, [int(seed) for seed in seeds], body
 
-    Errors name the offending file: a seed in two folders, images of different shapes, an unreadable PNG, a
-    manifest of another model. Files with other names (grids, notes) are ignored.
+
+def _identity(manifests: list[tuple[str, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The identity every manifest shares, or an error naming two that disagree; None without manifests."""
+    if not manifests:
+        return None
+    first_where, first = manifests[0]
+    identity = {key: first.get(key) for key in IDENTITY_KEYS}
+    for where, body in manifests[1:]:
+        for key in IDENTITY_KEYS:
+            if body.get(key) != identity[key]:
+                raise SampleFolderError(
+                    f"{where} and {first_where} disagree on {key} ({body.get(key)!r} vs {identity[key]!r}): "
+                    "not samples of one model"
+                )
+    return identity
+
+
+def read_sample_folders(sources: list[str], limit: int | None = None) -> SampleSet:
+    """Every sample of the folders (`NNNNNNNN.png`) and `.npz` archives as one set; `limit`: the lowest seeds.
+
+    Errors name the offending file: a seed in two places, images of different shapes, an unreadable PNG or
+    archive, manifests of different models, samples outside every manifest's seed range. Files with other names
+    in a folder (grids, notes) are ignored.
     """
-    paths: dict[int, Path] = {}
-    roots = [Path(folder) for folder in folders]
-    for root in roots:
-        if not root.is_dir():
-            raise SampleFolderError(f"--samples {root}: not a directory")
-        for path in root.iterdir():
-            match = SAMPLE_NAME.match(path.name)
-            if match is None:
-                continue
-            seed = int(match.group(1))
-            if seed in paths:
-                raise SampleFolderError(f"seed {seed} is in two folders: {paths[seed]} and {path}")
-            paths[seed] = path
-    if not paths:
-        raise SampleFolderError(f"no sample PNGs (NNNNNNNN.png, as --save-samples writes) in {', '.join(folders)}")
-    seeds = sorted(paths)
+    where: dict[int, str] = {}
+    pixels: dict[int, Path | np.ndarray] = {}  # a PNG to read, or an archive's image
+    manifests: list[tuple[str, dict[str, Any]]] = []
+    for source in map(Path, sources):
+        found: list[tuple[int, Any, Path | np.ndarray]]  # (seed, where it is, a PNG or an archive's image)
+        if source.is_dir():
+            found = [(int(m.group(1)), p, p) for p in source.iterdir() if (m := SAMPLE_NAME.match(p.name))]
+            manifests += _folder_manifests(source)
+        elif source.suffix == ".npz" and source.is_file():
+            stored, stored_seeds, body = _read_archive(source)
+            found = [(seed, f"{source} (seed {seed})", one) for seed, one in zip(stored_seeds, stored, strict=True)]
+            manifests += [(str(source), body)] if body is not None else []
+        else:
+            raise SampleFolderError(f"--samples {source}: neither a folder nor a .npz samples archive")
+        for seed, origin, item in found:
+            if seed in where:
+                raise SampleFolderError(f"seed {seed} is in two places: {where[seed]} and {origin}")
+            where[seed], pixels[seed] = str(origin), item
+    if not pixels:
+        raise SampleFolderError(f"no samples (NNNNNNNN.png, as --save-samples writes) in {', '.join(sources)}")
+    seeds = sorted(pixels)
     if limit is not None:
         if limit > len(seeds):
-            raise SampleFolderError(f"--n {limit}: the folders hold only {len(seeds)} samples")
+            raise SampleFolderError(f"--n {limit}: the sources hold only {len(seeds)} samples")
         seeds = seeds[:limit]
-    identity, models, ranges = _read_manifests(roots)
+    identity = _identity(manifests)
     if identity is not None:
+        ranges = [body["seeds"] for _, body in manifests]
         unrecorded = [seed for seed in seeds if not any(low <= seed <= high for low, high in ranges)]
         if unrecorded:
             raise SampleFolderError(
@@ -136,11 +190,13 @@ def read_sample_folders(folders: list[str], limit: int | None = None) -> SampleS
             )
     arrays: list[np.ndarray] = []
     for seed in seeds:
-        pixels = _read_png(paths[seed])
-        if arrays and pixels.shape != arrays[0].shape:
-            raise SampleFolderError(f"{paths[seed]} is {pixels.shape}, the first sample is {arrays[0].shape}")
-        arrays.append(pixels)
+        stored_item = pixels[seed]
+        array = _read_png(stored_item) if isinstance(stored_item, Path) else stored_item
+        if arrays and array.shape != arrays[0].shape:
+            raise SampleFolderError(f"{where[seed]} is {array.shape}, the first sample is {arrays[0].shape}")
+        arrays.append(array)
     images = uint8_to_float(np.stack(arrays), channels_last=True)
     if identity is not None and identity.get("image_shape") not in (None, list(images.shape[1:])):
-        raise SampleFolderError(f"the PNGs are {list(images.shape[1:])}, the manifests say {identity['image_shape']}")
+        raise SampleFolderError(f"the images are {list(images.shape[1:])}, the manifests say {identity['image_shape']}")
+    models = sorted({str(body.get("model")) for _, body in manifests})
     return SampleSet(images, seeds, identity, models)

@@ -66,6 +66,40 @@ def test_shards_score_exactly_as_one_run_over_the_same_seeds(setup: dict[str, st
     assert json.loads((tmp_path / "five.json").read_text())["seeds"] == [10, 14]
 
 
+def test_an_npz_archive_scores_as_the_run_that_wrote_it_and_mixes_with_folders(
+    setup: dict[str, str], tmp_path: Path
+) -> None:
+    common = ["--classifier", setup["clf"], "--data", setup["data"], "--batch-size", "4", "--no-progress"]
+    one = ["--seed", "0", "--n", "6", "--out", str(tmp_path / "one.json")]
+    assert _eval("--model", setup["model"], *one, "--save-samples", str(tmp_path / "all.npz"), *common) == 0
+    with np.load(tmp_path / "all.npz", allow_pickle=False) as archive:
+        assert archive["images"].shape == (6, 32, 32, 1) and archive["images"].dtype == np.uint8
+        assert archive["seeds"].tolist() == list(range(6))
+        assert json.loads(str(archive["manifest"]))["seeds"] == [0, 5]
+    assert _eval("--samples", str(tmp_path / "all.npz"), "--out", str(tmp_path / "npz.json"), *common) == 0
+    assert _scores(tmp_path / "npz.json") == _scores(tmp_path / "one.json")
+
+    # an archive shard beside a folder shard of the same model is one sample set
+    shards = [("0", "2", tmp_path / "low.npz"), ("2", "4", tmp_path / "high")]
+    for seed, n, target in shards:
+        assert _eval("--model", setup["model"], "--seed", seed, "--n", n, "--save-samples", str(target), *common) == 0
+    mixed = ["--samples", str(tmp_path / "low.npz"), str(tmp_path / "high")]
+    assert _eval(*mixed, "--out", str(tmp_path / "mixed.json"), *common) == 0
+    assert _scores(tmp_path / "mixed.json") == _scores(tmp_path / "one.json")
+    with pytest.raises(SampleFolderError, match=r"seed 0 is in two places: .*all.npz \(seed 0\)"):
+        read_sample_folders([str(tmp_path / "all.npz"), str(tmp_path / "low.npz")])
+
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 32, 32), np.uint8), seeds=np.arange(2))
+    with pytest.raises(SampleFolderError, match=r"images must be \(N, H, W, 1 or 3\) uint8"):
+        read_sample_folders([str(tmp_path / "bad.npz")])
+    np.savez(tmp_path / "bad.npz", images=np.zeros((2, 32, 32, 1), np.uint8), seeds=np.arange(3))
+    with pytest.raises(SampleFolderError, match="seeds must be one integer per image"):
+        read_sample_folders([str(tmp_path / "bad.npz")])
+    (tmp_path / "bad.npz").write_bytes(b"PK truncated")
+    with pytest.raises(SampleFolderError, match="not a readable .npz samples archive"):
+        read_sample_folders([str(tmp_path / "bad.npz")])
+
+
 def _png(path: Path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels).save(path)
 
@@ -88,7 +122,7 @@ def test_sample_folders_that_are_not_one_sample_set_are_refused(tmp_path: Path) 
     gray = np.zeros((32, 32), np.uint8)
     _png(a / "00000001.png", gray)
     _png(b / "00000001.png", gray)
-    with pytest.raises(SampleFolderError, match="seed 1 is in two folders"):
+    with pytest.raises(SampleFolderError, match="seed 1 is in two places"):
         read_sample_folders([str(a), str(b)])
 
     _png(b / "00000001.png", np.zeros((28, 28), np.uint8))
@@ -104,11 +138,11 @@ def test_sample_folders_that_are_not_one_sample_set_are_refused(tmp_path: Path) 
         read_sample_folders([str(a), str(b)])
     (b / "00000002.png").unlink()
 
-    with pytest.raises(SampleFolderError, match="--n 3: the folders hold only 1 samples"):
+    with pytest.raises(SampleFolderError, match="--n 3: the sources hold only 1 samples"):
         read_sample_folders([str(a), str(b)], limit=3)
-    with pytest.raises(SampleFolderError, match="not a directory"):
+    with pytest.raises(SampleFolderError, match="neither a folder nor a .npz samples archive"):
         read_sample_folders([str(tmp_path / "missing")])
-    with pytest.raises(SampleFolderError, match="no sample PNGs"):
+    with pytest.raises(SampleFolderError, match="no samples"):
         read_sample_folders([str(b)])
 
     identity = {"format": "ddgan-eval-samples", "sampler": "ddpm", "steps": 1000, "seeds": [0, 0]}
@@ -126,5 +160,5 @@ def test_sample_folders_that_are_not_one_sample_set_are_refused(tmp_path: Path) 
 def test_eval_refuses_samples_with_flags_that_need_a_model(setup: dict[str, str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="--save-samples and --steps need --model"):
         _eval("--samples", str(tmp_path), "--steps", "10", "--classifier", setup["clf"])
-    with pytest.raises(SystemExit, match="ddgan eval: --samples .*not a directory"):
+    with pytest.raises(SystemExit, match="ddgan eval: --samples .*neither a folder nor a .npz"):
         _eval("--samples", str(tmp_path / "missing"), "--classifier", setup["clf"])
