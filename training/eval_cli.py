@@ -206,16 +206,9 @@ def _sample_model(args: argparse.Namespace) -> tuple[torch.Tensor, list[int], di
         "sampling_seconds": round(time.time() - start, 1),
     }
     if args.save_samples:
-        identity = {
-            "sampler": info.kind,
-            "weights_digest": info.weights_digest,
-            "backend": info.backend,
-            "device": info.device.split(":", 1)[0],  # images repeat per device type, not per device index
-            "dtype": info.dtype,
-            "steps": steps,
-            "image_shape": list(info.image_shape),
-        }
-        _save_samples(images, seeds, args.save_samples, str(args.model), identity)
+        from ddgan.training.sample_folders import sampler_identity
+
+        _save_samples(images, seeds, args.save_samples, str(args.model), sampler_identity(info, steps))
     return images, seeds, report
 
 

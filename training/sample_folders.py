@@ -24,6 +24,7 @@ from PIL import Image
 
 from ddgan.model.checkpoint import atomic_write_bytes
 from ddgan.model.images import uint8_to_float
+from ddgan.model.sampling import SamplerInfo
 
 SAMPLE_NAME = re.compile(r"^(\d{8,})\.png$")
 MANIFEST_GLOB = "samples-*.json"
@@ -38,6 +39,19 @@ class SampleFolderError(ValueError):
 
 def sample_file_name(seed: int) -> str:
     return f"{seed:08d}.png"
+
+
+def sampler_identity(info: SamplerInfo, steps: int) -> dict[str, Any]:
+    """The `IDENTITY_KEYS` of a sampler drawing at `steps`: what two shards must share to be one sample set."""
+    return {
+        "sampler": info.kind,
+        "weights_digest": info.weights_digest,
+        "backend": info.backend,
+        "device": info.device.split(":", 1)[0],  # images repeat per device type, not per device index
+        "dtype": info.dtype,
+        "steps": steps,
+        "image_shape": list(info.image_shape),
+    }
 
 
 def manifest(identity: dict[str, Any], model: str, seeds: list[int]) -> dict[str, Any]:

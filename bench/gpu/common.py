@@ -14,7 +14,7 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ("env", "tests", "correctness", "throughput", "serve", "compile")
+STAGES = ("env", "tests", "correctness", "throughput", "serve", "quality", "compile")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,10 @@ class Plan:
     serve_requests: int
     serve_concurrency: int
     serve_torch_threads: int | None
+    quality_model: str  # a models/ directory sampled for the quality stage's archive
+    quality_steps: int | None  # None: the model's serving default (1000 for the DDPM)
+    quality_n: int
+    quality_batch: int
     torch_threads: int | None  # of every stage process (None: torch's choice)
     raw_seconds: float
     budgets: dict[str, float]  # stage -> the most seconds it may take
@@ -58,10 +62,14 @@ GPU_PLAN = Plan(
     serve_requests=24,
     serve_concurrency=4,
     serve_torch_threads=None,
+    quality_model="mnist-ddpm",
+    quality_steps=None,
+    quality_n=10000,
+    quality_batch=2500,
     torch_threads=None,
     raw_seconds=3.0,
     # Ceilings: a healthy run needs about half of each; compile, last, gets what is left of the run's budget.
-    budgets={"env": 40, "tests": 90, "correctness": 80, "throughput": 110, "serve": 90, "compile": 240},
+    budgets={"env": 40, "tests": 90, "correctness": 80, "throughput": 110, "serve": 90, "quality": 120, "compile": 240},
     total_budget=470,  # under 8 minutes, with the wheel install and start-up around it
 )
 
@@ -79,10 +87,22 @@ SMOKE_PLAN = Plan(
     serve_requests=3,
     serve_concurrency=2,
     serve_torch_threads=1,
+    quality_model="mnist-ddpm",
+    quality_steps=5,
+    quality_n=4,
+    quality_batch=2,
     torch_threads=1,  # two threads on an oversubscribed 2-core machine wait on each other (docs/benchmarks.md)
     raw_seconds=0.2,
     # Ceilings for a shared 2-core machine (under load 20 a stage took up to 100 s); an idle one needs a fraction.
-    budgets={"env": 180, "tests": 240, "correctness": 240, "throughput": 240, "serve": 240, "compile": 120},
+    budgets={
+        "env": 180,
+        "tests": 240,
+        "correctness": 240,
+        "throughput": 240,
+        "serve": 240,
+        "quality": 120,
+        "compile": 120,
+    },
     total_budget=1200,
 )
 
@@ -97,6 +117,7 @@ class StageRecord:
 
     path: Path
     deadline: float  # time.time() past which the stage should stop starting new work
+    results_dir: Path  # where a stage's own files go (they come back with results.json)
     rows: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     summary: str = ""

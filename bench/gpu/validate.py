@@ -7,10 +7,11 @@ cannot take the others' time, and what a stage recorded before its limit is kept
   correctness  device vs CPU fp32 (fp32, tf32, bf16, fp16) for mnist, cifar10, celebahq; CUDA-graph replay vs eager
   throughput   images/s for eager fp32, eager bf16, CUDA graphs bf16 against the bf16 FLOP floor
   serve        `ddgan serve` end to end (celebahq, random weights) against its raw sampler
+  quality      the bundled DDPM at 1000 steps on seeds 0..9999, as a `ddgan eval --samples` archive to score here
   compile      torch.compile bf16, last: its compile time is the least predictable
 A failed stage records its error and the run goes on; the exit status is 0 only when every stage passed.
-Results (rewritten after every stage): results.json, results.md and log.txt in --results (default
-$DDGAN_GPU_RESULTS, else $OUT, else out/gpu-validation). `--cpu-smoke` runs the same stages on the CPU at tiny
+Results (rewritten after every stage): results.json, results.md, log.txt and quality-mnist-ddpm.npz in --results
+(default $DDGAN_GPU_RESULTS, else $OUT, else out/gpu-validation). `--cpu-smoke` runs the same stages on the CPU at tiny
 sizes; tests/bench/test_gpu_script.py runs it.
 """
 
@@ -43,6 +44,7 @@ STAGE_MODULES = {
     "correctness": "ddgan.bench.gpu.correctness",
     "throughput": "ddgan.bench.gpu.speed",
     "serve": "ddgan.bench.gpu.serving",
+    "quality": "ddgan.bench.gpu.quality",
     "compile": "ddgan.bench.gpu.speed",
 }
 GRACE_S = 15.0  # a stage stops starting work at its budget; its process group is killed this much later
@@ -53,7 +55,7 @@ STATUS = {0: "passed", 1: "failed"}  # any other exit status is "error"; no exit
 CommandFor = Callable[[str, Path, float], list[str]]
 
 
-def stage_command(smoke: bool) -> CommandFor:
+def stage_command(smoke: bool, results_dir: Path) -> CommandFor:
     def command(name: str, stage_file: Path, deadline: float) -> list[str]:
         argv = [
             sys.executable,
@@ -65,6 +67,8 @@ def stage_command(smoke: bool) -> CommandFor:
             str(stage_file),
             "--deadline",
             f"{deadline:.1f}",
+            "--results",
+            str(results_dir),
         ]
         return argv + (["--cpu-smoke"] if smoke else [])
 
@@ -152,10 +156,10 @@ def write_results(results: dict[str, Any], results_dir: Path) -> None:
     atomic_write_bytes(results_dir / "results.md", markdown(results).encode())
 
 
-def run_one_stage(name: str, plan: Plan, stage_file: Path, deadline: float) -> int:
+def run_one_stage(name: str, plan: Plan, stage_file: Path, deadline: float, results_dir: Path) -> int:
     """Inside a stage's process: 0 passed, 1 a check failed, 2 the stage itself broke (its traceback is logged)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    record = StageRecord(stage_file, deadline)
+    record = StageRecord(stage_file, deadline, results_dir)
     record.flush()
     try:
         if plan.torch_threads:
@@ -210,13 +214,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     plan = plan_for(args.cpu_smoke)
-    if args.run_stage:
-        return run_one_stage(args.run_stage, plan, args.stage_file, args.deadline)
     results_dir = args.results or default_results_dir()
+    if args.run_stage:
+        return run_one_stage(args.run_stage, plan, args.stage_file, args.deadline, results_dir)
     command = "python -m ddgan.bench.gpu.validate " + shlex.join(sys.argv[1:])
-    results = run_stages(
-        plan, args.stages, results_dir, stage_command(args.cpu_smoke), args.budget_s or plan.total_budget, command
-    )
+    command_for = stage_command(args.cpu_smoke, results_dir)
+    results = run_stages(plan, args.stages, results_dir, command_for, args.budget_s or plan.total_budget, command)
     verdict = "all stages passed" if results["passed"] else "NOT all stages passed"
     print(f"\nGPU validation ({plan.mode}), {results['seconds']:.0f} s: {verdict}; full results in {results_dir}")
     print(stage_table(results["stages"]), flush=True)

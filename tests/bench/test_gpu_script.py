@@ -16,6 +16,7 @@ from ddgan.bench.gpu import validate
 from ddgan.bench.gpu.common import SMOKE_PLAN, STAGES
 from ddgan.bench.gpu.gputests import gpu_test_files, junit_rows
 from ddgan.bench.gpu.wheels import download_command, problems, read_pins
+from ddgan.training.sample_folders import read_sample_folders
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,7 +45,9 @@ def test_cpu_smoke_runs_every_stage_and_passes(smoke: tuple[subprocess.Completed
     last = done.stdout.strip().splitlines()[-len(STAGES) :]
     assert [line.split("|")[1].strip() for line in last] == list(STAGES)
     # What a device run sends back: at most 8 plain files in the results folder.
-    assert sorted(p.name for p in results.iterdir()) == ["log.txt", "results.json", "results.md"]
+    assert sorted(p.name for p in results.iterdir()) == [
+        "log.txt", "quality-mnist-ddpm.npz", "results.json", "results.md"
+    ]  # fmt: skip
     assert all(f"===== stage {name}" in (results / "log.txt").read_text() for name in STAGES)
 
 
@@ -69,6 +72,12 @@ def test_cpu_smoke_rows_hold_real_measurements(smoke: tuple[subprocess.Completed
         serve["sequential"]["images_per_s"] / serve["raw"]["images_per_s"]
     )
     assert {r["outcome"] for r in stages["tests"]["rows"]} == {"skipped"}  # no CUDA here
+    # the quality stage's archive is one `ddgan eval --samples` set: the DDPM's seeds 0..3 at the plan's 5 steps
+    archive = read_sample_folders([str(results / "quality-mnist-ddpm.npz")])
+    assert archive.seeds == [0, 1, 2, 3] and archive.images.shape == (4, 1, 32, 32)
+    assert archive.identity is not None and (archive.identity["sampler"], archive.identity["steps"]) == ("ddpm", 5)
+    assert archive.models == ["models/mnist-ddpm"]
+    assert [r["seeds"] for r in stages["quality"]["rows"]] == [[0, 1], [2, 3]]
     markdown = (results / "results.md").read_text()
     assert "## serve: passed" in markdown and "| mnist | chain | bf16 | 2 |" in markdown
 
