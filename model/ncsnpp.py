@@ -4,7 +4,8 @@ The generator maps (x_{t+1}, t, z) to x̂_0. Module construction order and attri
 keys, which equal the official released checkpoints' keys (ddgan-spec §2.4-2.5), so `netG_*.pth` files load
 with `strict=True`. FIR resampling is expressed as depthwise convolutions (spec §2.3) and attention uses the
 fused `scaled_dot_product_attention`; both are exact re-expressions of the reference maths and export to ONNX.
-On CPU, activations of 16x16 and more run channels_last (`cpu_layout`). `bench/official_style.py` is the
+On CPU, activations of 16x16 and more run channels_last (`cpu_layout`); inside torch.compile a few ops take the
+formulations of `model.compiled_ops`. `bench/official_style.py` is the
 reference-style implementation that `ddgan bench sampler` measures this module against.
 """
 
@@ -17,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddgan.model.compiled_ops import BILINEAR_TAPS, GN_EPS, bilinear_fir_upsample, channels_last_group_norm, compiling
 from ddgan.model.config import GeneratorConfig
-
-_GN_EPS = 1e-6
 
 
 def _num_groups(channels: int) -> int:
@@ -31,8 +31,12 @@ def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: T
 
     On CPU the statistics of a channels_last x are taken in NCHW: the channels_last kernel splits its reductions
     over batch x pixels between threads, so an image's bits would depend on its batch size and slot; the NCHW
-    kernel reduces each (image, group) alone. The result comes back in x's layout.
+    kernel reduces each (image, group) alone. The result comes back in x's layout. Under torch.compile a
+    channels_last x stays channels_last (`channels_last_group_norm`): the two layout copies were most of the
+    fused kernels' time there, and a compiled chain's batch sizes are checked bit for bit at warm-up.
     """
+    if compiling() and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
+        return channels_last_group_norm(x, num_groups, weight, bias)
     to_nchw = x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous()
     back_to_channels_last = to_nchw and x.is_contiguous(memory_format=torch.channels_last)
     # layout and dtype change in one copy each way
@@ -40,7 +44,7 @@ def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: T
     if x.dtype != torch.float32:
         weight = None if weight is None else weight.float()
         bias = None if bias is None else bias.float()
-    y = F.group_norm(source, num_groups, weight, bias, eps=_GN_EPS)
+    y = F.group_norm(source, num_groups, weight, bias, eps=GN_EPS)
     if back_to_channels_last:
         return y.to(x.dtype, memory_format=torch.channels_last)
     return y.to(x.dtype)
@@ -110,6 +114,10 @@ def rowwise_affine(x: Tensor, weight_t: Tensor, bias: Tensor) -> Tensor:
     neighbours. A batched product runs every image through the same kernel, whatever B. A bf16 CPU product runs
     in float32: bf16 `baddbmm` copies the broadcast weight once per image (~1/5 of the bf16 cifar10 chain).
     """
+    if compiling() and x.device.type == "cpu":
+        if x.shape[1] == 1:  # a multiply-and-sum inductor fuses; each output is summed alone, whatever B
+            return ((x.float().unsqueeze(-1) * weight_t.float()).sum(-2) + bias.float()).to(x.dtype)
+        return torch.baddbmm(bias, x, weight_t.expand(x.shape[0], -1, -1))  # compiled, bf16 runs on AMX: 5x fp32
     if _bf16_on_cpu(x):
         wide = torch.baddbmm(bias.float(), x.float(), weight_t.float().expand(x.shape[0], -1, -1))
         return wide.to(x.dtype)
@@ -149,12 +157,15 @@ def fir_downsample(x: Tensor, kernel: Tensor) -> Tensor:
     return F.conv2d(F.pad(x, (1, 1, 1, 1)), kernel, stride=2, groups=x.shape[1])
 
 
-def fir_upsample(x: Tensor, kernel: Tensor) -> Tensor:
+def fir_upsample(x: Tensor, kernel: Tensor, bilinear: bool = False) -> Tensor:
     """Double then blur: conv_transpose2d(x, 4K, stride 2, padding 1), one filter per channel.
 
     A bf16 CPU input runs in float32: PyTorch has no oneDNN path for a bf16 depthwise transposed convolution, and
     its fallback took ~1/5 of the bf16 cifar10 chain (docs/benchmarks.md); the taps are exact in bf16 either way.
+    `bilinear` (the kernel is `BILINEAR_TAPS`): under torch.compile on the CPU, `bilinear_fir_upsample`.
     """
+    if bilinear and compiling() and x.device.type == "cpu":
+        return bilinear_fir_upsample(x)
     if _bf16_on_cpu(x):
         up = F.conv_transpose2d(x.float(), kernel.float() * 4.0, stride=2, padding=1, groups=x.shape[1])
         return up.to(x.dtype)
@@ -278,11 +289,12 @@ class ResnetBlockBigGAN(nn.Module):
             self.Conv_2 = conv2d(in_ch, out_ch, 1)
         if up or down:
             self.register_buffer("fir", fir_kernel_2d(fir_taps, in_ch), persistent=False)
+        self.bilinear_up = up and tuple(fir_taps) == BILINEAR_TAPS
 
     def forward(self, x: Tensor, temb_act: Tensor, z_emb: Tensor) -> Tensor:
         h = F.silu(self.GroupNorm_0(x, z_emb), inplace=True)
         if self.up:
-            h, x = fir_upsample(h, self.fir), fir_upsample(x, self.fir)
+            h, x = fir_upsample(h, self.fir, self.bilinear_up), fir_upsample(x, self.fir, self.bilinear_up)
         elif self.down:
             h, x = fir_downsample(h, self.fir), fir_downsample(x, self.fir)
         # In-place updates of fresh conv/norm outputs save an allocation and a pass; none of them is an
@@ -312,7 +324,7 @@ class AttnBlock(nn.Module):
     def __init__(self, channels: int, skip_rescale: bool = True) -> None:
         super().__init__()
         self.skip_rescale = skip_rescale
-        self.GroupNorm_0 = FP32GroupNorm(_num_groups(channels), channels, eps=_GN_EPS)
+        self.GroupNorm_0 = FP32GroupNorm(_num_groups(channels), channels, eps=GN_EPS)
         self.NIN_0 = NIN(channels, channels)
         self.NIN_1 = NIN(channels, channels)
         self.NIN_2 = NIN(channels, channels)
@@ -406,7 +418,7 @@ class NCSNpp(nn.Module):
             if level != 0:
                 modules.append(block(in_ch, in_ch, up=True))
                 plan.append("up")
-        modules += [FP32GroupNorm(_num_groups(in_ch), in_ch, eps=_GN_EPS), conv2d(in_ch, g.num_channels, 3)]
+        modules += [FP32GroupNorm(_num_groups(in_ch), in_ch, eps=GN_EPS), conv2d(in_ch, g.num_channels, 3)]
         self.all_modules = nn.ModuleList(modules)
         self._plan = plan
 

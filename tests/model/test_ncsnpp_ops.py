@@ -6,6 +6,7 @@ References here are written tap by tap or with einsum, independently of `model.n
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ddgan.bench.official_style import OfficialStyleGenerator, conv_downsample_2d, downsample_2d, upsample_2d
+from ddgan.model.compiled_ops import BILINEAR_TAPS, bilinear_fir_upsample, channels_last_group_norm
 from ddgan.model.config import GeneratorConfig, from_official_args
 from ddgan.model.ncsnpp import (
     AdaptiveGroupNorm,
@@ -23,6 +25,7 @@ from ddgan.model.ncsnpp import (
     fir_downsample,
     fir_kernel_2d,
     fir_upsample,
+    group_norm,
     rowwise_affine,
 )
 
@@ -231,3 +234,63 @@ def test_bf16_rowwise_affine_is_the_float32_product_rounded_once_and_batch_indep
     assert (out.float() - expected.float()).abs().max() <= 2**-7 * expected.float().abs().max()
     assert torch.equal(out, rowwise_affine(x.float(), weight_t.float(), bias.float()).to(torch.bfloat16))
     assert torch.equal(rowwise_affine(x[3:4], weight_t, bias), out[3:4])  # an image alone = in its batch
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bilinear_fir_upsample_is_the_fir_upsample_of_its_taps(channels_last: bool) -> None:
+    """torch.compile's upsample (ATen bilinear on the zero-padded input) = zero insertion + blur, borders included."""
+    assert BILINEAR_TAPS == TAPS
+    x = _input((2, 5, 6, 7), seed=5)
+    zero_inserted = torch.zeros(2, 5, 12, 14, dtype=torch.float64)
+    zero_inserted[..., ::2, ::2] = x.double()
+    expected = _correlate_taps(F.pad(zero_inserted, (2, 1, 2, 1)), 4.0 * _kernel(), stride=1)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    out = bilinear_fir_upsample(x)
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    torch.testing.assert_close(out.double(), expected, atol=TOL, rtol=0)
+    # bf16: accumulated in float32 and rounded once, as the eager bf16 path; border pixels rounded twice
+    x16 = x.to(torch.bfloat16)
+    out16, rounded_once = (
+        bilinear_fir_upsample(x16),
+        fir_upsample(x16.float(), fir_kernel_2d(TAPS, 5)).to(torch.bfloat16),
+    )
+    assert torch.equal(out16[..., 1:-1, 1:-1], rounded_once[..., 1:-1, 1:-1])
+    torch.testing.assert_close(out16.float(), rounded_once.float(), atol=0, rtol=2**-7)
+
+
+def test_channels_last_group_norm_has_the_group_statistics() -> None:
+    """Per-channel moments combined by the law of total variance = GroupNorm, even far from zero mean."""
+    x = (_input((3, 16, 6, 6), seed=6) * 0.5 + torch.linspace(-20, 20, 16)[None, :, None, None]).contiguous(
+        memory_format=torch.channels_last
+    )
+    weight, bias = _input((16,), seed=7), _input((16,), seed=8)
+    expected = F.group_norm(x.double(), 4, weight.double(), bias.double(), eps=1e-6)
+    out = channels_last_group_norm(x, 4, weight, bias)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        channels_last_group_norm(x, 4, None, None).double(), F.group_norm(x.double(), 4, eps=1e-6), atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on the CPU needs g++")
+def test_compiled_cpu_graphs_use_the_fused_formulations() -> None:
+    """Inside torch.compile a channels_last GroupNorm keeps its layout (scale/shift materialised once) and the
+    bilinear-tap upsample is the ATen op; both agree with the eager ops."""
+    from torch._inductor.utils import run_and_get_code
+
+    x = _input((2, 8, 16, 16), seed=9).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    kernel = fir_kernel_2d(TAPS, 8)
+
+    def block(x: torch.Tensor) -> torch.Tensor:
+        return fir_upsample(F.silu(group_norm(x, 2)), kernel, bilinear=True)
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out, code = run_and_get_code(torch.compile(block), x)
+        eager = block(x)
+    source = "\n".join(code)
+    assert "ddgan.materialised" in source and "ddgan.bilinear_fir_upsample" in source
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out.float(), eager.float(), atol=2**-6 * eager.float().abs().max().item(), rtol=0)
