@@ -64,6 +64,14 @@ def _correlate_taps(x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch
     return out
 
 
+def _upsampled_by_taps(x: torch.Tensor) -> torch.Tensor:
+    """2x FIR upsampling in float64: zeros inserted between pixels, then blurred by 4K."""
+    zero_inserted = torch.zeros(*x.shape[:-2], 2 * x.shape[-2], 2 * x.shape[-1], dtype=torch.float64)
+    zero_inserted[..., ::2, ::2] = x.double()
+    # K is symmetric, so correlation equals the true convolution of upfirdn2d; pad (2, 1) per side as in spec §3.
+    return _correlate_taps(F.pad(zero_inserted, (2, 1, 2, 1)), 4.0 * _kernel(), stride=1)
+
+
 def _input(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
@@ -82,10 +90,7 @@ def test_fir_downsample_is_padded_blur_keeping_every_second_pixel(channels_last:
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fir_upsample_is_zero_insertion_then_blur_with_gain_four(channels_last: bool) -> None:
     x = _input((2, 5, 6, 6), seed=1)
-    zero_inserted = torch.zeros(2, 5, 12, 12, dtype=torch.float64)
-    zero_inserted[..., ::2, ::2] = x.double()
-    # K is symmetric, so correlation equals the true convolution of upfirdn2d; pad (2, 1) per side as in spec §3.
-    expected = _correlate_taps(F.pad(zero_inserted, (2, 1, 2, 1)), 4.0 * _kernel(), stride=1)
+    expected = _upsampled_by_taps(x)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     out = fir_upsample(x, fir_kernel_2d(TAPS, 5))
@@ -238,12 +243,10 @@ def test_bf16_rowwise_affine_is_the_float32_product_rounded_once_and_batch_indep
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_bilinear_fir_upsample_is_the_fir_upsample_of_its_taps(channels_last: bool) -> None:
-    """torch.compile's upsample (ATen bilinear on the zero-padded input) = zero insertion + blur, borders included."""
+    """torch.compile's upsample (ATen bilinear, border rows and columns scaled) = zero insertion + blur."""
     assert BILINEAR_TAPS == TAPS
     x = _input((2, 5, 6, 7), seed=5)
-    zero_inserted = torch.zeros(2, 5, 12, 14, dtype=torch.float64)
-    zero_inserted[..., ::2, ::2] = x.double()
-    expected = _correlate_taps(F.pad(zero_inserted, (2, 1, 2, 1)), 4.0 * _kernel(), stride=1)
+    expected = _upsampled_by_taps(x)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     out = bilinear_fir_upsample(x)
