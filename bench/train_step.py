@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, help="training data, as for ddgan train")
     parser.add_argument("--steps", type=int, default=20, help="steps per precision (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps (default 2)")
+    parser.add_argument("--windows", type=int, default=4, help="loss curve: mean losses over this many windows")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: the CPUs it may use)")
     parser.set_defaults(handler=run)
@@ -76,4 +77,21 @@ def run(args: argparse.Namespace) -> int:
             f"| {precision} | {median:.3f} | {fp32 / median:.2f} | {statistics.mean(d):.3f} | "
             f"{statistics.mean(gl):.3f} | {d[-1]:.3f} | {gl[-1]:.3f} |"
         )
+    print()
+    print(loss_curve_table(losses, args.warmup, max(1, min(args.windows, args.steps))))
     return 0
+
+
+def loss_curve_table(losses: dict[str, list[tuple[float, float]]], first_step: int, windows: int) -> str:
+    """Mean loss_d / loss_g per window of consecutive timed steps, one column per precision."""
+    names = list(losses)
+    steps = len(losses[names[0]])
+    bounds = [round(steps * w / windows) for w in range(windows + 1)]
+    lines = ["| steps | " + " | ".join(f"{p} loss_d / loss_g" for p in names) + " |", "|---|" + "---:|" * len(names)]
+    for start, stop in zip(bounds, bounds[1:], strict=False):
+        cells = []
+        for name in names:
+            window = losses[name][start:stop]
+            cells.append(f"{statistics.mean(d for d, _ in window):.3f} / {statistics.mean(g for _, g in window):.3f}")
+        lines.append(f"| {first_step + start + 1}–{first_step + stop} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
