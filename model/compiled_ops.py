@@ -1,7 +1,7 @@
 """CPU formulations of NCSN++ ops for torch.compile (inductor), where the eager ones fuse badly.
 
 Each equals its eager op in `model.ncsnpp` to rounding and is only taken inside a compiled graph on the CPU
-(`compiling`); the custom ops are opaque to inductor on purpose. Measured on the bf16 cifar10 chain at batch 16 on
+(`compiled_on_cpu`); the custom ops are opaque to inductor on purpose. Measured on the bf16 cifar10 chain at batch 16 on
 an AMX Xeon (docs/benchmarks.md): together with weights actually frozen, 1176 ms -> 705 ms.
 """
 
@@ -14,12 +14,13 @@ from torch import Tensor
 GN_EPS = 1e-6
 
 
-def compiling() -> bool:
-    """Inside torch.compile (inductor) for inference, not an export: where these formulations pay off.
+def compiled_on_cpu(x: Tensor) -> bool:
+    """x is a CPU tensor inside torch.compile (inductor) for inference, not an export: where these pay off.
 
     Inference only: the custom ops have no autograd formula.
     """
-    return torch.compiler.is_compiling() and not torch.compiler.is_exporting() and not torch.is_grad_enabled()
+    compiling = torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+    return compiling and not torch.is_grad_enabled() and x.device.type == "cpu"
 
 
 def channels_last_group_norm(x: Tensor, num_groups: int, weight: Tensor | None, bias: Tensor | None) -> Tensor:
@@ -38,8 +39,8 @@ def channels_last_group_norm(x: Tensor, num_groups: int, weight: Tensor | None, 
     scale = torch.rsqrt(var_g + GN_EPS).expand(n, num_groups, c // num_groups).reshape(n, c, 1, 1)
     shift = -mean_g.expand(n, num_groups, c // num_groups).reshape(n, c, 1, 1) * scale
     if weight is not None:
-        scale = scale * weight.float().view(1, c, 1, 1)
-        shift = shift * weight.float().view(1, c, 1, 1)
+        gamma = weight.float().view(1, c, 1, 1)
+        scale, shift = scale * gamma, shift * gamma
     if bias is not None:
         shift = shift + bias.float().view(1, c, 1, 1)
     return (xf * materialised(scale) + materialised(shift)).to(x.dtype)

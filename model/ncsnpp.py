@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddgan.model.compiled_ops import BILINEAR_TAPS, GN_EPS, bilinear_fir_upsample, channels_last_group_norm, compiling
+from ddgan.model.compiled_ops import (
+    BILINEAR_TAPS,
+    GN_EPS,
+    bilinear_fir_upsample,
+    channels_last_group_norm,
+    compiled_on_cpu,
+)
 from ddgan.model.config import GeneratorConfig
 
 
@@ -35,7 +41,7 @@ def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: T
     channels_last x stays channels_last (`channels_last_group_norm`): the two layout copies were most of the
     fused kernels' time there, and a compiled chain's batch sizes are checked bit for bit at warm-up.
     """
-    if compiling() and x.device.type == "cpu" and x.is_contiguous(memory_format=torch.channels_last):
+    if compiled_on_cpu(x) and x.is_contiguous(memory_format=torch.channels_last):
         return channels_last_group_norm(x, num_groups, weight, bias)
     to_nchw = x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous()
     back_to_channels_last = to_nchw and x.is_contiguous(memory_format=torch.channels_last)
@@ -111,10 +117,10 @@ def rowwise_affine(x: Tensor, weight_t: Tensor, bias: Tensor) -> Tensor:
 
     One (B·M, in) GEMM is not batch-invariant: BLAS kernels block the rows, and a row in a remainder block
     is summed in another order (seen on an AMD EPYC Zen 3: 2e-7 apart by slot), so an image's bits would depend on its
-    neighbours. A batched product runs every image through the same kernel, whatever B. A bf16 CPU product runs
-    in float32: bf16 `baddbmm` copies the broadcast weight once per image (~1/5 of the bf16 cifar10 chain).
+    neighbours. A batched product runs every image through the same kernel, whatever B. An eager bf16 CPU product
+    runs in float32: bf16 `baddbmm` copies the broadcast weight once per image (~1/5 of the bf16 cifar10 chain).
     """
-    if compiling() and x.device.type == "cpu":
+    if compiled_on_cpu(x):
         if x.shape[1] == 1:  # a multiply-and-sum inductor fuses; each output is summed alone, whatever B
             return ((x.float().unsqueeze(-1) * weight_t.float()).sum(-2) + bias.float()).to(x.dtype)
         return torch.baddbmm(bias, x, weight_t.expand(x.shape[0], -1, -1))  # compiled, bf16 runs on AMX: 5x fp32
@@ -164,7 +170,7 @@ def fir_upsample(x: Tensor, kernel: Tensor, bilinear: bool = False) -> Tensor:
     its fallback took ~1/5 of the bf16 cifar10 chain (docs/benchmarks.md); the taps are exact in bf16 either way.
     `bilinear` (the kernel is `BILINEAR_TAPS`): under torch.compile on the CPU, `bilinear_fir_upsample`.
     """
-    if bilinear and compiling() and x.device.type == "cpu":
+    if bilinear and compiled_on_cpu(x):
         return bilinear_fir_upsample(x)
     if _bf16_on_cpu(x):
         up = F.conv_transpose2d(x.float(), kernel.float() * 4.0, stride=2, padding=1, groups=x.shape[1])
